@@ -1,0 +1,38 @@
+"""The ``fastinst`` command: a thin dispatcher over ``fastinst.commands.*`` modules.
+
+Each command module exposes ``register(subparsers)``, which adds its sub-parser and sets
+``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fastinst.config import ConfigError
+
+COMMANDS = [
+    "fastinst.commands.analyze",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastinst", description="FastInst: train, evaluate and measure")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"fastinst: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``fastinst`` CLI (one module each, see ``fastinst.cli``)."""

@@ -1,0 +1,386 @@
+"""Typed configuration tree for FastInst.
+
+The defaults are FastInst-D3 R50 as the official code configures it
+(``configs/coco/instance-segmentation/fastinst_R50_ppm-fpn_x1_576.yaml`` family with
+``DEC_LAYERS: 3`` and 640 test size). Configs load from YAML (optionally inheriting from a
+``_base_`` file), take dotted overrides (``model.decoder.num_layers=1``), are validated
+(unknown keys get a close-match suggestion, bad values name the key), and have a canonical
+hash that identifies a resolved config in the results database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+QueryInit = Literal["ia_guided", "learnable", "zero", "resize"]
+DecoderUpdate = Literal["dual_pixel_then_query", "dual_query_then_pixel", "single_query", "single_pixel"]
+PixelDecoderName = Literal["ppm_fpn", "fpn", "transformer_encoder", "msdeform_attn"]
+BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet50d_dcn"]
+QuerySource = Literal["E3", "E4", "E5"]
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message names it."""
+
+
+@dataclass
+class BackboneConfig:
+    name: BackboneName = "resnet50"
+    # None: random init; "imagenet": torchvision's ImageNet weights API; otherwise a local file.
+    weights: str | None = None
+    # Stages frozen from the stem (0 = nothing frozen, as the official FREEZE_AT 0).
+    freeze_at: int = 0
+
+
+@dataclass
+class PixelDecoderConfig:
+    name: PixelDecoderName = "ppm_fpn"
+    # Transformer-style pixel decoders (Table 5 reconstructions).
+    num_encoder_layers: int = 6
+    num_heads: int = 8
+    dim_feedforward: int = 1024
+    num_points: int = 4
+
+
+@dataclass
+class DecoderConfig:
+    num_layers: int = 3
+    update: DecoderUpdate = "dual_pixel_then_query"
+    gt_mask_guidance: bool = True
+    pos_embed: Literal["learnable", "sinusoidal"] = "learnable"
+    num_heads: int = 8
+    dim_feedforward: int = 1024
+    dropout: float = 0.0
+    # Initialisation of the learnable positional grid P (the official code leaves it uninitialised).
+    pos_embed_init_std: float = 0.02
+
+
+@dataclass
+class TestConfig:
+    detections_per_image: int = 100
+    mask_threshold: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 80
+    hidden_dim: int = 256
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    query_init: QueryInit = "ia_guided"
+    query_source: QuerySource = "E4"
+    num_ia_queries: int = 100
+    num_aux_queries: int = 8
+    pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    size_divisibility: int = 32
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+@dataclass
+class IALossConfig:
+    assignment: Literal["hungarian", "semantic"] = "hungarian"
+    location_cost: bool = True
+    # "uniform": plain mean CE over all pixels (official code); "inverse_area": the paper's 1/T
+    # weight on the no-object class.
+    no_object_weight: Literal["uniform", "inverse_area"] = "uniform"
+
+
+@dataclass
+class LossConfig:
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    ia_weight: float = 20.0
+    location_weight: float = 1000.0
+    no_object_weight: float = 0.1
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    ia: IALossConfig = field(default_factory=IALossConfig)
+
+
+@dataclass
+class InputConfig:
+    min_size_train: list[int] = field(default_factory=lambda: list(range(416, 641, 32)))
+    max_size_train: int = 853
+    # SparseInst crop branch: pre-resize choices, crop size range (absolute range, pixels).
+    crop_enabled: bool = True
+    crop_prob: float = 0.5
+    crop_resize_choices: list[int] = field(default_factory=lambda: [400, 500, 600])
+    crop_size: list[int] = field(default_factory=lambda: [384, 600])
+    min_size_test: int = 640
+    max_size_test: int = 853
+    random_flip: bool = True
+
+
+@dataclass
+class SolverConfig:
+    batch_size: int = 16
+    max_iter: int = 368750
+    base_lr: float = 1e-4
+    weight_decay: float = 0.05
+    weight_decay_norm: float = 0.0
+    weight_decay_embed: float = 0.0
+    backbone_multiplier: float = 0.1
+    # LR x gamma at these fractions of max_iter (official: 327778/368750, 355092/368750).
+    steps: list[float] = field(default_factory=lambda: [0.889, 0.963])
+    gamma: float = 0.1
+    warmup_iters: int = 10
+    # 0 disables clipping, as in the official FastInst config.
+    clip_grad_norm: float = 0.0
+    amp: bool = True
+    checkpoint_period: int = 5000
+    eval_period: int = 5000
+    log_period: int = 20
+
+
+@dataclass
+class DataConfig:
+    num_workers: int = 2
+    filter_empty: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 42
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """Canonical SHA-256 (first 16 hex digits) of the resolved config."""
+        return config_hash(self)
+
+    def get(self, dotted: str) -> Any:
+        node: Any = self
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"{key}: invalid value {value!r}; choose one of {list(choices)}{extra}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in hints:
+            raise ConfigError(_unknown_key_message(prefix + str(name), [prefix + k for k in hints]))
+        kwargs[name] = _coerce(value, hints[name], prefix + name)
+    return cls(**kwargs)
+
+
+def _unknown_key_message(key: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if not close:
+        close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown config key {key!r}{hint}"
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the config tree, e.g. ``model.decoder.num_layers``."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys.extend(all_keys(tp, prefix + f.name + "."))
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(override: str) -> tuple[str, Any]:
+    """``"a.b=1"`` → ``("a.b", 1)``; the value is parsed as YAML (so ``true``, ``[1, 2]`` work)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form KEY=VALUE")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+    return key, value
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """``("a.b.c", v)`` → ``{"a": {"b": {"c": v}}}``."""
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config YAML, resolving ``_base_`` (a path relative to the file) recursively."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
+    base = data.pop("_base_", None)
+    if base is not None:
+        data = _merge(read_yaml(path.parent / base), data)
+    return data
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Build and validate a Config from a (nested or dotted-key) mapping plus overrides."""
+    merged: dict[str, Any] = {}
+    for k, v in data.items():
+        merged = _merge(merged, nest(k, v) if "." in str(k) else {k: v})
+    for override in overrides or []:
+        merged = _merge(merged, nest(*parse_override(override)))
+    cfg = _build(Config, merged)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a config: defaults (``path=None``) or a YAML file, then dotted ``KEY=VALUE`` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as exc:
+        if path is not None:
+            raise ConfigError(f"{path}: {exc}") from exc
+        raise
+
+
+def config_hash(cfg: Config) -> str:
+    blob = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks: contradictory or out-of-range variant combinations."""
+    m = cfg.model
+    checks: list[tuple[bool, str]] = [
+        (m.num_classes >= 1, "model.num_classes must be >= 1"),
+        (m.hidden_dim % m.decoder.num_heads == 0, "model.hidden_dim must be divisible by model.decoder.num_heads"),
+        (m.hidden_dim % 32 == 0, "model.hidden_dim must be a multiple of 32 (GroupNorm(32))"),
+        (0 <= m.decoder.num_layers <= 12, "model.decoder.num_layers must be in 0..12"),
+        (m.num_ia_queries >= 1, "model.num_ia_queries must be >= 1"),
+        (m.num_aux_queries >= 0, "model.num_aux_queries must be >= 0"),
+        (m.size_divisibility >= 32 and m.size_divisibility % 32 == 0,
+         "model.size_divisibility must be a positive multiple of 32"),
+        (len(m.pixel_mean) == 3 and len(m.pixel_std) == 3, "model.pixel_mean/pixel_std need 3 values"),
+        (m.test.detections_per_image >= 1, "model.test.detections_per_image must be >= 1"),
+        (cfg.loss.num_points >= 1, "loss.num_points must be >= 1"),
+        (0.0 <= cfg.loss.importance_sample_ratio <= 1.0, "loss.importance_sample_ratio must be in [0, 1]"),
+        (cfg.loss.oversample_ratio >= 1.0, "loss.oversample_ratio must be >= 1"),
+        (all(0.0 < s <= 1.0 for s in cfg.solver.steps), "solver.steps are fractions of max_iter in (0, 1]"),
+        (cfg.solver.batch_size >= 1, "solver.batch_size must be >= 1"),
+        (cfg.solver.max_iter >= 1, "solver.max_iter must be >= 1"),
+        (len(cfg.input.crop_size) == 2 and cfg.input.crop_size[0] <= cfg.input.crop_size[1],
+         "input.crop_size must be [min, max]"),
+        (len(cfg.input.min_size_train) >= 1, "input.min_size_train needs at least one size"),
+    ]
+    if m.query_init != "ia_guided":
+        checks.append((m.query_source == "E4",
+                       f"model.query_source={m.query_source} only applies to model.query_init=ia_guided"))
+        checks.append((cfg.loss.ia.assignment == "hungarian" and cfg.loss.ia.location_cost,
+                       f"loss.ia.* (IA-q loss, location cost) only applies to model.query_init=ia_guided, "
+                       f"not {m.query_init!r}"))
+    if cfg.loss.ia.assignment == "semantic":
+        checks.append((not cfg.loss.ia.location_cost,
+                       "loss.ia.location_cost=true needs loss.ia.assignment=hungarian (dense semantic "
+                       "targets have no matching to put a location cost in)"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
