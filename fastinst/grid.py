@@ -1,0 +1,433 @@
+"""Ablation grids: a YAML file → its rows (name, overrides, resolved config, seeds, stages).
+
+A grid file::
+
+    name: table6a_layers            # default: the file's stem
+    base: ../configs/cpu.yaml       # a config file (relative to this file) or an inline mapping
+    axes:                           # dotted key → values; rows are the product of all axes ...
+      model.decoder.num_layers: [1, 2, 3]
+    zip:                            # ... and of zip groups, whose lists are zipped (coupled keys)
+      - {model.num_ia_queries: [50, 100], model.num_aux_queries: [4, 8]}
+    rows:                           # explicit rows for tables that are not products
+      - {name: baseline, overrides: {model.query_init: learnable}}
+    seeds: 3                        # a count (0, 1, 2) or a list of seeds
+    stages: [train, eval, analyze]  # subset of train, eval, analyze, bench (or noop)
+    stage_options: {bench: {images: 100}}
+    data: ../../data/coco_tiny      # a folder, or {train_json, train_images, val_json, val_images}
+    resources: {gpus: 1}
+    reference: baseline             # optional: the row others are compared with
+    priority: 0
+    max_attempts: 3
+
+When ``rows`` and ``axes``/``zip`` are both given, every explicit row is combined with every
+product combination. The rows' configs are validated before anything is returned; errors name the
+file, the line and the key (``GridError``).
+
+A row's ``hash`` identifies its variant independently of the seed: it is the canonical hash of
+its resolved config with ``seed`` set to 0. ``Row.config_for_seed(seed)`` gives the config a run
+executes (``cfg.seed`` set to the run's seed), whose ``Config.hash()`` identifies the run's config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fastinst.config import Config, ConfigError, all_keys, config_from_dict, read_yaml
+
+STAGES = ("train", "eval", "analyze", "bench", "noop")
+# Options each stage accepts under ``stage_options`` (passed to the stage by the runner).
+STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "train": (),
+    "eval": ("weights",),
+    "analyze": ("size",),
+    "bench": ("weights", "images"),
+    "noop": ("sleep", "fail_attempts", "records", "metrics"),
+}
+DATA_KEYS = ("root", "train_json", "train_images", "val_json", "val_images")
+TOP_KEYS = (
+    "name", "base", "axes", "zip", "rows", "seeds", "stages", "stage_options", "data",
+    "resources", "reference", "priority", "max_attempts", "description",
+)
+NEEDS_DATA = ("train", "eval", "bench")
+
+
+class GridError(ValueError):
+    """A grid file is invalid; the message names the file, line and key."""
+
+
+@dataclass
+class Row:
+    name: str
+    overrides: dict[str, Any]
+    config: Config
+    hash: str
+    seeds: list[int]
+    stages: list[str]
+    resources: dict[str, int]
+
+    def config_for_seed(self, seed: int) -> Config:
+        return dataclasses.replace(self.config, seed=seed)
+
+
+@dataclass
+class Grid:
+    name: str
+    path: Path | None
+    axes: list[str]
+    rows: list[Row]
+    seeds: list[int]
+    stages: list[str]
+    stage_options: dict[str, dict[str, Any]]
+    data: dict[str, str] | None
+    resources: dict[str, int]
+    reference: str | None = None
+    priority: int = 0
+    max_attempts: int = 3
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+def variant_hash(cfg: Config) -> str:
+    """The config hash with the seed neutralised: identical for every seed of one variant."""
+    return dataclasses.replace(cfg, seed=0).hash()
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def row_name(overrides: dict[str, Any]) -> str:
+    return ",".join(f"{k}={format_value(v)}" for k, v in overrides.items()) or "base"
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping → dotted leaf keys (``{"a": {"b": 1}}`` → ``{"a.b": 1}``)."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+class _Lines:
+    """Line numbers (1-based) of the keys and items of a YAML document, by path."""
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[tuple[Any, ...], int] = {}
+        node = yaml.compose(text)
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                sub = (*path, key_node.value)
+                self.lines[sub] = key_node.start_mark.line + 1
+                self._walk(value_node, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, (*path, i))
+
+    def line(self, path: tuple[Any, ...]) -> int:
+        while path not in self.lines and path:
+            path = path[:-1]
+        return self.lines.get(path, 1)
+
+
+class _Checker:
+    def __init__(self, source: str, lines: _Lines) -> None:
+        self.source = source
+        self.lines = lines
+
+    def error(self, path: tuple[Any, ...], message: str) -> GridError:
+        section = str(path[0]) if path else "grid"
+        return GridError(f"{self.source}:{self.lines.line(path)}: {section}: {message}")
+
+    def check_key(self, key: Any, path: tuple[Any, ...]) -> str:
+        if not isinstance(key, str) or key not in _KNOWN_KEYS:
+            close = difflib.get_close_matches(str(key), _KNOWN_KEYS, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise self.error(path, f"unknown config key {key!r}{hint}")
+        if key == "seed" and path[0] != "base":
+            raise self.error(path, "set seeds with the grid's 'seeds', not the config key 'seed'")
+        return key
+
+    def check_values(self, key: str, values: Any, path: tuple[Any, ...], base: dict[str, Any]) -> list[Any]:
+        if not isinstance(values, list) or not values:
+            raise self.error(path, f"{key}: expected a non-empty list of values, got {values!r}")
+        for i, value in enumerate(values):
+            self.check_value(key, value, (*path, i), base)
+        return values
+
+    def check_value(self, key: str, value: Any, path: tuple[Any, ...], base: dict[str, Any]) -> None:
+        """Type-check one value on its own (cross-field checks come with the whole row)."""
+        try:
+            config_from_dict({**base, key: value})
+        except ConfigError as exc:
+            if str(exc).startswith((f"{key}:", f"{key}[")):
+                raise self.error(path, str(exc)) from None
+
+
+_KNOWN_KEYS = all_keys()
+
+
+def _base_mapping(spec: dict[str, Any], root: Path, chk: _Checker) -> dict[str, Any]:
+    base = spec.get("base", {})
+    if base is None:
+        return {}
+    if isinstance(base, str):
+        return _read_base(root / base, ("base",), chk)
+    if not isinstance(base, dict):
+        raise chk.error(("base",), f"expected a config path or mapping, got {base!r}")
+    data = dict(base)
+    out: dict[str, Any] = {}
+    if "_base_" in data:
+        out = _read_base(root / str(data.pop("_base_")), ("base", "_base_"), chk)
+    for key, value in flatten(data).items():
+        where = ("base", key if key in data else key.split(".")[0])
+        chk.check_key(key, where)
+        chk.check_value(key, value, where, out)
+        out[key] = value
+    return out
+
+
+def _read_base(path: Path, where: tuple[Any, ...], chk: _Checker) -> dict[str, Any]:
+    try:
+        data = flatten(read_yaml(path))
+        config_from_dict(data)
+    except ConfigError as exc:
+        message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        raise chk.error(where, message) from None
+    return data
+
+
+def _seeds(spec: dict[str, Any], base: dict[str, Any], chk: _Checker) -> list[int]:
+    seeds = spec.get("seeds", [base.get("seed", 0)])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise chk.error(("seeds",), f"a seed count must be >= 1, got {seeds}")
+        return list(range(seeds))
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise chk.error(("seeds",), f"expected a count or a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise chk.error(("seeds",), f"repeated seed in {seeds}")
+    return seeds
+
+
+def _stages(spec: dict[str, Any], chk: _Checker) -> list[str]:
+    stages = spec.get("stages", ["train", "eval", "analyze"])
+    if not isinstance(stages, list) or not stages:
+        raise chk.error(("stages",), f"expected a non-empty list of stages, got {stages!r}")
+    for i, stage in enumerate(stages):
+        if stage not in STAGES:
+            close = difflib.get_close_matches(str(stage), STAGES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise chk.error(("stages", i), f"unknown stage {stage!r} (choose from {list(STAGES)}){hint}")
+    if len(set(stages)) != len(stages):
+        raise chk.error(("stages",), f"repeated stage in {stages}")
+    if "noop" in stages and len(stages) > 1:
+        raise chk.error(("stages",), "the noop stage runs alone")
+    return [s for s in STAGES if s in stages]
+
+
+def _stage_options(spec: dict[str, Any], stages: list[str], chk: _Checker) -> dict[str, dict[str, Any]]:
+    options = spec.get("stage_options") or {}
+    if not isinstance(options, dict):
+        raise chk.error(("stage_options",), f"expected a mapping stage → options, got {options!r}")
+    for stage, opts in options.items():
+        if stage not in stages:
+            raise chk.error(("stage_options", stage), f"options for {stage!r}, which is not in stages {stages}")
+        if not isinstance(opts, dict):
+            raise chk.error(("stage_options", stage), f"expected a mapping, got {opts!r}")
+        for key in opts:
+            if key not in STAGE_OPTIONS[stage]:
+                raise chk.error(("stage_options", stage, key),
+                                f"unknown option {key!r} for stage {stage!r} (known: {list(STAGE_OPTIONS[stage])})")
+    return {stage: dict(opts) for stage, opts in options.items()}
+
+
+def _data(spec: dict[str, Any], root: Path, stages: list[str], chk: _Checker) -> dict[str, str] | None:
+    data = spec.get("data")
+    if data is None:
+        if any(s in NEEDS_DATA for s in stages):
+            raise chk.error(("stages",), f"stages {[s for s in stages if s in NEEDS_DATA]} need 'data'")
+        return None
+    paths = {"root": data} if isinstance(data, str) else data
+    if not isinstance(paths, dict):
+        raise chk.error(("data",), f"expected a folder or a mapping of paths, got {data!r}")
+    out: dict[str, str] = {}
+    for key, value in paths.items():
+        where = ("data",) if isinstance(data, str) else ("data", key)
+        if key not in DATA_KEYS:
+            raise chk.error(where, f"unknown data key {key!r} (known: {list(DATA_KEYS)})")
+        if not isinstance(value, str):
+            raise chk.error(where, f"{key}: expected a path, got {value!r}")
+        path = (root / value).resolve()
+        if not path.exists():
+            raise chk.error(where, f"{key}: {path} does not exist")
+        out[key] = str(path)
+    return out
+
+
+def _resources(spec: dict[str, Any], chk: _Checker) -> dict[str, int]:
+    res = spec.get("resources") or {}
+    if not isinstance(res, dict):
+        raise chk.error(("resources",), f"expected a mapping, got {res!r}")
+    for key in res:
+        if key != "gpus":
+            raise chk.error(("resources", key), f"unknown resource {key!r} (known: ['gpus'])")
+    gpus = res.get("gpus", 1)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise chk.error(("resources", "gpus"), f"gpus: expected an integer >= 0, got {gpus!r}")
+    return {"gpus": gpus}
+
+
+def _int_field(spec: dict[str, Any], key: str, default: int, minimum: int, chk: _Checker) -> int:
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise chk.error((key,), f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _combinations(spec: dict[str, Any], base: dict[str, Any], chk: _Checker) -> tuple[list[str], list[dict[str, Any]]]:
+    """The product of ``axes`` and ``zip`` groups: (axis keys, list of override mappings)."""
+    factors: list[list[dict[str, Any]]] = []
+    keys: list[str] = []
+    axes = spec.get("axes") or {}
+    if not isinstance(axes, dict):
+        raise chk.error(("axes",), f"expected a mapping of config key → values, got {axes!r}")
+    for key, values in axes.items():
+        chk.check_key(key, ("axes", key))
+        chk.check_values(key, values, ("axes", key), base)
+        factors.append([{key: v} for v in values])
+        keys.append(key)
+    groups = spec.get("zip") or []
+    if not isinstance(groups, list):
+        raise chk.error(("zip",), f"expected a list of mappings key → values, got {groups!r}")
+    for g, group in enumerate(groups):
+        if not isinstance(group, dict) or not group:
+            raise chk.error(("zip", g), f"expected a mapping of config key → values, got {group!r}")
+        lengths = set()
+        for key, values in group.items():
+            chk.check_key(key, ("zip", g, key))
+            if key in keys:
+                raise chk.error(("zip", g, key), f"{key!r} appears twice among axes and zip groups")
+            chk.check_values(key, values, ("zip", g, key), base)
+            lengths.add(len(values))
+            keys.append(key)
+        if len(lengths) > 1:
+            raise chk.error(("zip", g), f"zipped lists must have equal lengths, got {sorted(lengths)}")
+        factors.append([dict(zip(group, vals)) for vals in zip(*group.values())])
+    combos = [dict(kv for part in parts for kv in part.items()) for parts in itertools.product(*factors)]
+    return keys, combos
+
+
+def _explicit_rows(spec: dict[str, Any], axis_keys: list[str], base: dict[str, Any],
+                   chk: _Checker) -> list[tuple[str | None, dict[str, Any], tuple[Any, ...]]]:
+    rows = spec.get("rows")
+    if rows is None:
+        return []
+    if not isinstance(rows, list) or not rows:
+        raise chk.error(("rows",), f"expected a non-empty list of {{name, overrides}}, got {rows!r}")
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or set(row) - {"name", "overrides"}:
+            raise chk.error(("rows", i), f"expected a mapping with 'name' and 'overrides', got {row!r}")
+        name = row.get("name")
+        if name is not None and not isinstance(name, str):
+            raise chk.error(("rows", i, "name"), f"expected a string, got {name!r}")
+        overrides = row.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise chk.error(("rows", i, "overrides"), f"expected a mapping, got {overrides!r}")
+        flat = flatten(overrides)
+        for key, value in flat.items():
+            path = ("rows", i, "overrides", key.split(".")[0] if key not in overrides else key)
+            chk.check_key(key, path)
+            if key in axis_keys:
+                raise chk.error(path, f"{key!r} is both an axis and a row override")
+            chk.check_value(key, value, path, base)
+        out.append((name, flat, ("rows", i)))
+    return out
+
+
+def parse_grid(spec: Any, source: str = "<grid>", root: Path | None = None, text: str | None = None,
+               path: Path | None = None) -> Grid:
+    """Validate a grid mapping (``text``, if given, locates errors by line) and return its rows."""
+    chk = _Checker(source, _Lines(text) if text is not None else _Lines(""))
+    root = root or Path.cwd()
+    if not isinstance(spec, dict):
+        raise chk.error((), f"a grid must be a mapping, got {type(spec).__name__}")
+    for key in spec:
+        if key not in TOP_KEYS:
+            close = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise chk.error((key,), f"unknown grid field {key!r}{hint}")
+    name = spec.get("name") or (path.stem if path else None)
+    if not isinstance(name, str) or not name:
+        raise chk.error(("name",), f"a grid needs a name, got {name!r}")
+    base = _base_mapping(spec, root, chk)
+    seeds = _seeds(spec, base, chk)
+    stages = _stages(spec, chk)
+    stage_options = _stage_options(spec, stages, chk)
+    data = _data(spec, root, stages, chk)
+    resources = _resources(spec, chk)
+    axis_keys, combos = _combinations(spec, base, chk)
+    explicit = _explicit_rows(spec, axis_keys, base, chk)
+
+    planned: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = []
+    for ex_name, ex_over, ex_path in explicit or [(None, {}, ())]:
+        for combo in combos:
+            overrides = {**ex_over, **combo}
+            parts = [p for p in (ex_name or (row_name(ex_over) if ex_over else ""), row_name(combo) if combo else "") if p]
+            planned.append((",".join(parts) or "base", overrides, ex_path or (("axes",) if combo else ("base",))))
+
+    rows: list[Row] = []
+    seen: dict[str, tuple[Any, ...]] = {}
+    for rname, overrides, where in planned:
+        if rname in seen:
+            raise chk.error(where, f"two rows are named {rname!r}")
+        seen[rname] = where
+        try:
+            cfg = config_from_dict({**base, **overrides})
+        except ConfigError as exc:
+            raise chk.error(where, f"row {rname!r}: {exc}") from None
+        rows.append(Row(rname, overrides, cfg, variant_hash(cfg), seeds, stages, resources))
+
+    reference = spec.get("reference")
+    if reference is not None and reference not in seen:
+        close = difflib.get_close_matches(str(reference), list(seen), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise chk.error(("reference",), f"no row named {reference!r}{hint}")
+    return Grid(
+        name=name, path=path, axes=axis_keys, rows=rows, seeds=seeds, stages=stages,
+        stage_options=stage_options, data=data, resources=resources, reference=reference,
+        priority=_int_field(spec, "priority", 0, -(10**6), chk),
+        max_attempts=_int_field(spec, "max_attempts", 3, 1, chk), spec=spec,
+    )
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and validate a grid YAML file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"{path}: grid file not found")
+    text = path.read_text()
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise GridError(f"{path}: not valid YAML: {exc}") from None
+    return parse_grid(spec, source=str(path), root=path.parent, text=text, path=path)

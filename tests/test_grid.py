@@ -1,0 +1,154 @@
+"""fastinst.grid: YAML grid → validated rows, with errors that name file, line and key."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fastinst.config import config_from_dict
+from fastinst.grid import GridError, load_grid, variant_hash
+
+
+def write(tmp_path: Path, text: str, name: str = "g.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def test_product_of_axes_and_zip(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("model:\n  backbone:\n    name: resnet18\n")
+    path = write(tmp_path, """
+        name: layers
+        base: base.yaml
+        axes:
+          model.decoder.num_layers: [1, 3]
+        zip:
+          - model.num_ia_queries: [50, 100]
+            model.num_aux_queries: [4, 8]
+        seeds: 2
+        stages: [analyze]
+        resources: {gpus: 0}
+    """)
+    grid = load_grid(path)
+    assert grid.name == "layers"
+    assert grid.axes == ["model.decoder.num_layers", "model.num_ia_queries", "model.num_aux_queries"]
+    assert [r.name for r in grid.rows] == [
+        "model.decoder.num_layers=1,model.num_ia_queries=50,model.num_aux_queries=4",
+        "model.decoder.num_layers=1,model.num_ia_queries=100,model.num_aux_queries=8",
+        "model.decoder.num_layers=3,model.num_ia_queries=50,model.num_aux_queries=4",
+        "model.decoder.num_layers=3,model.num_ia_queries=100,model.num_aux_queries=8",
+    ]
+    row = grid.rows[1]
+    assert row.config.model.backbone.name == "resnet18"  # from the base file
+    assert row.config.model.num_ia_queries == 100 and row.config.model.num_aux_queries == 8
+    assert row.seeds == [0, 1] and row.stages == ["analyze"] and row.resources == {"gpus": 0}
+    assert len({r.hash for r in grid.rows}) == 4
+    # The row hash ignores the seed; the per-seed config carries it.
+    assert row.config_for_seed(1).seed == 1
+    assert variant_hash(row.config_for_seed(1)) == row.hash
+    assert row.config_for_seed(0).hash() != row.config_for_seed(1).hash()
+    expected = config_from_dict({"model.backbone.name": "resnet18", "model.decoder.num_layers": 1,
+                                 "model.num_ia_queries": 100, "model.num_aux_queries": 8})
+    assert row.config.to_dict() == expected.to_dict()
+
+
+def test_explicit_rows_inline_base_and_reference(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        base:
+          model:
+            backbone: {name: resnet18}
+          solver.max_iter: 10
+        rows:
+          - name: mask2former_light
+            overrides: {model.query_init: learnable, model.decoder.update: single_query}
+          - overrides:
+              model: {pixel_decoder: {name: fpn}}
+        axes:
+          model.decoder.pos_embed: [learnable, sinusoidal]
+        seeds: [3, 7]
+        stages: [noop]
+        stage_options: {noop: {sleep: 0.1}}
+        reference: mask2former_light,model.decoder.pos_embed=learnable
+    """, name="table1.yaml")
+    grid = load_grid(path)
+    assert grid.name == "table1"
+    names = [r.name for r in grid.rows]
+    assert names == [
+        "mask2former_light,model.decoder.pos_embed=learnable",
+        "mask2former_light,model.decoder.pos_embed=sinusoidal",
+        "model.pixel_decoder.name=fpn,model.decoder.pos_embed=learnable",
+        "model.pixel_decoder.name=fpn,model.decoder.pos_embed=sinusoidal",
+    ]
+    assert grid.rows[0].config.model.query_init == "learnable"
+    assert grid.rows[3].config.model.pixel_decoder.name == "fpn"
+    assert all(r.config.solver.max_iter == 10 for r in grid.rows)
+    assert grid.seeds == [3, 7] and grid.stage_options == {"noop": {"sleep": 0.1}}
+    assert grid.reference == names[0]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("stages: [noop]\naxes:\n  model.decoder.num_layer: [1, 2]\n",
+     "g.yaml:3: axes: unknown config key 'model.decoder.num_layer'; did you mean 'model.decoder.num_layers'?"),
+    ("stages: [noop]\naxes:\n  model.query_init:\n    - ia_guided\n    - learnabel\n",
+     "g.yaml:5: axes: model.query_init: invalid value 'learnabel'"),
+    ("stages: [noop]\naxes:\n  model.decoder.num_layers: 3\n",
+     "g.yaml:3: axes: model.decoder.num_layers: expected a non-empty list of values, got 3"),
+    ("stages: [noop]\nzip:\n  - model.num_ia_queries: [10, 20]\n    model.num_aux_queries: [1]\n",
+     "g.yaml:3: zip: zipped lists must have equal lengths, got [1, 2]"),
+    ("stages: [noop, tran]\n", "g.yaml:1: stages: unknown stage 'tran'"),
+    ("stages: [train]\n", "g.yaml:1: stages: stages ['train'] need 'data'"),
+    ("stages: [noop]\nseeds: 0\n", "g.yaml:2: seeds: a seed count must be >= 1"),
+    ("stages: [noop]\naxis:\n  model.decoder.num_layers: [1]\n",
+     "g.yaml:2: axis: unknown grid field 'axis'; did you mean 'axes'?"),
+    ("stages: [noop]\nresources:\n  gpus: -1\n", "g.yaml:3: resources: gpus: expected an integer >= 0"),
+    ("stages: [noop]\nrows:\n  - name: a\n    overrides:\n      model.query_source: E9\n",
+     "g.yaml:5: rows: model.query_source: invalid value 'E9'"),
+    # A cross-field contradiction is reported for the row that has it.
+    ("stages: [noop]\nrows:\n  - name: bad\n    overrides: {model.query_init: zero, model.query_source: E3}\n",
+     "g.yaml:3: rows: row 'bad': model.query_source=E3 only applies to model.query_init=ia_guided"),
+    ("stages: [noop]\naxes:\n  model.decoder.num_layers: [1]\nreference: base\n",
+     "g.yaml:4: reference: no row named 'base'"),
+    ("stages: [noop]\nbase: missing.yaml\n", "g.yaml:2: base: config file not found"),
+    ("stages: [noop]\nstage_options: {bench: {images: 3}}\n",
+     "g.yaml:2: stage_options: options for 'bench', which is not in stages ['noop']"),
+    ("stages: [noop]\ndata: nowhere\n", "g.yaml:2: data: root: "),
+    ("stages: [noop]\naxes:\n  seed: [1, 2]\n", "g.yaml:3: axes: set seeds with the grid's 'seeds'"),
+])
+def test_errors_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, "name: g\n" + text)
+    with pytest.raises(GridError) as info:
+        load_grid(path)
+    message = str(info.value)
+    # Lines are counted in the written file, whose first line is "name: g".
+    file_part, rest = expected.split(":", 1)
+    line, rest = rest.split(":", 1)
+    assert message.startswith(f"{path}:{int(line) + 1}:"), message
+    assert rest.strip() in message, message
+    assert file_part == "g.yaml"
+
+
+def test_base_file_errors_name_the_base_file(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("model:\n  hidden_dm: 256\n")
+    path = write(tmp_path, "name: g\nbase: base.yaml\nstages: [noop]\n")
+    with pytest.raises(GridError, match=r"g.yaml:2: base: .*base.yaml: unknown config key 'model.hidden_dm'"):
+        load_grid(path)
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(GridError, match="a grid must be a mapping"):
+        load_grid(write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(GridError, match="not valid YAML"):
+        load_grid(write(tmp_path, "axes: [1, 2\n"))
+    with pytest.raises(GridError, match="grid file not found"):
+        load_grid(tmp_path / "nope.yaml")
+
+
+def test_data_paths_resolve_relative_to_the_grid(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "val.json").write_text("{}")
+    grid = load_grid(write(tmp_path, "stages: [eval]\ndata: {val_json: d/val.json, val_images: d}\n"))
+    assert grid.data == {"val_json": str(tmp_path / "d" / "val.json"), "val_images": str(tmp_path / "d")}
+    grid = load_grid(write(tmp_path, "stages: [train, eval]\ndata: d\n"))
+    assert grid.data == {"root": str(tmp_path / "d")} and grid.stages == ["train", "eval"]
