@@ -1,0 +1,36 @@
+"""Instance inference: top-k (query, class) pairs, binary masks, mask-quality-weighted scores (spec §6)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def resize_mask_logits(mask_logits: Tensor, padded_size: tuple[int, int], image_size: tuple[int, int],
+                       output_size: tuple[int, int]) -> Tensor:
+    """``(Q, h, w)`` logits → padded input size → crop to the image → ``output_size``, bilinear."""
+    masks = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
+    masks = masks[:, :, : image_size[0], : image_size[1]]
+    if tuple(output_size) != tuple(image_size):
+        masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
+    return masks[0]
+
+
+def instance_inference(class_logits: Tensor, mask_logits: Tensor, top_k: int) -> dict[str, Tensor]:
+    """``class_logits (Q, K+1)``, ``mask_logits (Q, H, W)`` at output size → ``scores (k,)``,
+    ``labels (k,)``, ``masks (k, H, W) bool``, ``class_scores (k,)``, ``topk_index (k,)`` (into Q·K),
+    sorted by score."""
+    num_classes = class_logits.shape[-1] - 1
+    probs = class_logits.softmax(-1)[:, :-1].flatten()
+    class_scores, topk_index = probs.topk(min(top_k, probs.numel()))
+    labels = topk_index % num_classes
+    masks = mask_logits[torch.div(topk_index, num_classes, rounding_mode="floor")]
+    binary = masks > 0
+    mask_scores = (masks.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    scores = class_scores * mask_scores
+    order = scores.argsort(descending=True)
+    return {
+        "scores": scores[order], "labels": labels[order], "masks": binary[order],
+        "class_scores": class_scores[order], "topk_index": topk_index[order],
+    }
