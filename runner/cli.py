@@ -1,0 +1,180 @@
+"""The ``runner`` command: a thin layer over runner.queue, runner.worker, runner.export, runner.search.
+
+Every command takes ``--db URL`` (default: ``$FASTINST_DB``, then ``sqlite:///<repo>/results.db``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from fastinst.config import ConfigError
+from fastinst.grid import GridError, load_grid
+from runner import queue
+from runner.db import REPO_ROOT, Database, init_db, resolve_url
+from runner.job import DEFAULT_RUNS_DIR
+
+
+def _db(args: argparse.Namespace) -> Database:
+    return init_db(resolve_url(args.db))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    grid = load_grid(args.grid)  # validated before the database is touched
+    if args.dry_run:
+        for row in grid.rows:
+            print(f"{row.name}  seeds={row.seeds}  hash={row.hash}")
+        print(f"grid {grid.name!r}: {len(grid.rows)} rows × {len(grid.seeds)} seeds, stages {grid.stages}")
+        return 0
+    db = _db(args)
+    result = queue.submit(db, grid, force=args.force, priority=args.priority, max_attempts=args.max_attempts)
+    print(f"{result.summary()} ({db.display_url})")
+    return 0
+
+
+def cmd_work(args: argparse.Namespace) -> int:
+    db = _db(args)
+    common = dict(runs_dir=args.runs_dir, poll=args.poll, heartbeat=args.heartbeat,
+                  stale_after=args.stale_after, exit_when_empty=args.exit_when_empty)
+    if args.ray:
+        from runner.ray_executor import RayExecutor
+
+        return RayExecutor(db, address=args.ray, **common).run()
+    from runner.worker import Worker
+
+    gpus = [int(g) for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    return Worker(db, gpus=gpus, cpu_slots=args.cpu_slots, name=args.name, **common).run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from runner.export import runs_frame, status_frame
+
+    db = _db(args)
+    table = status_frame(db, args.grid)
+    print(table.to_string(index=False) if len(table) else "no runs")
+    if args.runs:
+        runs = runs_frame(db, args.grid)
+        cols = ["run_id", "grid", "row", "seed", "status", "attempts", "worker", "AP", "gflops", "fps"]
+        print(runs[cols].to_string(index=False) if len(runs) else "")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from runner.export import format_table, grid_table
+
+    text = format_table(grid_table(_db(args), args.grid), args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    ids = queue.cancel(_db(args), run_ids=args.run_ids, grid=args.grid)
+    print(f"cancelled {len(ids)} run(s)")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    ids = queue.retry(_db(args), run_ids=args.run_ids, grid=args.grid, priority=args.priority)
+    print(f"requeued {len(ids)} run(s)")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from runner.search import load_search, run_search
+
+    spec = load_search(args.spec)
+    db = _db(args)
+    study = run_search(db, spec, trials=args.trials, parallel=args.parallel, poll=args.poll)
+    for trial in study.best_trials:
+        print(f"trial {trial.number}: {dict(zip(spec.objectives, trial.values))} {trial.params}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    url = resolve_url(args.db)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboard" / "app.py"),
+           "--server.address", args.host, "--server.port", str(args.port), "--", "--db", url]
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runner", description="FastInst ablation runner and results database")
+    parser.add_argument("--db", help="database URL (default: $FASTINST_DB, then sqlite:///<repo>/results.db)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: object, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--db", default=argparse.SUPPRESS, help="database URL")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("submit", cmd_submit, "validate a grid YAML and queue one run per (row, seed)")
+    p.add_argument("grid", help="grid YAML file")
+    p.add_argument("--force", action="store_true", help="rerun runs that already succeeded")
+    p.add_argument("--priority", type=int, help="higher runs first (default: the grid's, else 0)")
+    p.add_argument("--max-attempts", type=int, help="attempts before a run fails (default: the grid's, else 3)")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the rows; queue nothing")
+
+    p = add("work", cmd_work, "run queued runs: one job per GPU (or CPU slot), or on a Ray cluster")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--gpus", help="comma-separated GPU ids, one slot each (e.g. 0,1,2,3)")
+    where.add_argument("--cpu-slots", type=int, default=1, help="CPU job slots (default 1)")
+    where.add_argument("--ray", metavar="ADDRESS", help="Ray executor: 'auto', 'local' or a cluster address")
+    p.add_argument("--exit-when-empty", action="store_true", help="exit once no run is queued or running")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between queue polls when idle")
+    p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
+    p.add_argument("--stale-after", type=float, default=120.0,
+                   help="requeue runs whose worker has not heartbeated for this many seconds")
+    p.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help="where run directories go")
+    p.add_argument("--name", help="worker name (default host:pid)")
+
+    p = add("status", cmd_status, "run counts by state per grid (and the runs with --runs)")
+    p.add_argument("grid", nargs="?")
+    p.add_argument("--runs", action="store_true", help="list the runs too")
+
+    p = add("export", cmd_export, "a paper-style table of a grid: mean ± std over seeds")
+    p.add_argument("grid")
+    p.add_argument("--format", choices=["csv", "md", "latex"], default="md")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+
+    for name, func, verb in (("cancel", cmd_cancel, "cancel queued/running"),
+                             ("retry", cmd_retry, "requeue failed/cancelled")):
+        p = add(name, func, f"{verb} runs, by id or by grid")
+        p.add_argument("run_ids", nargs="*", type=int)
+        p.add_argument("--grid")
+        if name == "retry":
+            p.add_argument("--priority", type=int)
+
+    p = add("search", cmd_search, "Optuna multi-objective search whose trials are queued runs")
+    p.add_argument("spec", help="search YAML (a grid with a 'search' section)")
+    p.add_argument("--trials", type=int, required=True)
+    p.add_argument("--parallel", type=int, default=1, help="trials in flight at once")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between checks for finished trials")
+
+    p = add("dashboard", cmd_dashboard, "start the Streamlit dashboard on this database")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except (GridError, ConfigError, ValueError) as exc:  # ExportError is a ValueError
+        print(f"runner {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""The results database: SQLAlchemy 2.0 models and the engine/session setup.
+
+Any SQLAlchemy URL works; the default is ``sqlite:///<repo root>/results.db``. SQLite runs in WAL
+mode with a busy timeout, and every writing transaction starts with ``BEGIN IMMEDIATE`` (it takes
+the write lock up front, so a reader that later writes never hits an un-retryable lock upgrade).
+Writes go through :meth:`Database.write`, which retries a whole transaction on transient lock,
+deadlock and serialisation errors. The schema is managed by Alembic (``runner/migrations``):
+:func:`init_db` upgrades any database to the current schema.
+
+Tables (the dashboard reads these):
+
+- ``grids``: one per grid name (its spec, axes, seeds, stages, reference row);
+- ``grid_rows``: the rows of a grid (name, overrides, variant hash = config hash without seed);
+- ``runs``: one (row, seed) execution: exact config and its hash, queue state, timings, worker,
+  device, error, git commit, package versions, run directory;
+- ``metrics``: one per run (AP…, params, GFLOPs, FPS with its device and dtype, ``extra`` JSON);
+- ``train_records``: per-step training records (step, time, lr, total loss, each loss, raw record);
+- ``artifacts``: files a run produced (checkpoint, log, per-step JSONL, config).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_URL = f"sqlite:///{REPO_ROOT / 'results.db'}"
+VERSION_TABLE = "runner_alembic_version"
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    """Naive UTC now (what every timestamp column stores)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def resolve_url(url: str | None = None) -> str:
+    """``--db`` if given, else ``$FASTINST_DB``, else ``sqlite:///<repo root>/results.db``."""
+    return url or os.environ.get("FASTINST_DB") or DEFAULT_URL
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with any password masked, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class GridRecord(Base):
+    __tablename__ = "grids"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    path: Mapped[str | None] = mapped_column(String(1000))
+    spec: Mapped[dict[str, Any]]
+    axes: Mapped[list[Any]]
+    seeds: Mapped[list[Any]]
+    stages: Mapped[str] = mapped_column(String(100))
+    reference: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    rows: Mapped[list[GridRow]] = relationship(back_populates="grid", order_by="GridRow.position")
+
+
+class GridRow(Base):
+    __tablename__ = "grid_rows"
+    __table_args__ = (UniqueConstraint("grid_id", "name", name="uq_grid_rows_grid_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    grid_id: Mapped[int] = mapped_column(ForeignKey("grids.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(500))
+    position: Mapped[int] = mapped_column(Integer)
+    overrides: Mapped[dict[str, Any]]
+    variant_hash: Mapped[str] = mapped_column(String(16), index=True)
+
+    grid: Mapped[GridRecord] = relationship(back_populates="rows")
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        # One run per (exact work, generation): concurrent submits of one grid queue it once;
+        # ``--force`` adds the next generation.
+        UniqueConstraint("run_key", "generation", name="uq_runs_key_generation"),
+        Index("ix_runs_claim", "status", "priority", "id"),
+        Index("ix_runs_variant", "variant_hash", "seed"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    grid_id: Mapped[int] = mapped_column(ForeignKey("grids.id"), index=True)
+    row_name: Mapped[str] = mapped_column(String(500))
+    overrides: Mapped[dict[str, Any]]
+    config: Mapped[dict[str, Any]]
+    config_hash: Mapped[str] = mapped_column(String(16), index=True)
+    variant_hash: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int] = mapped_column(Integer)
+    stages: Mapped[str] = mapped_column(String(100))
+    stage_options: Mapped[dict[str, Any]]
+    data: Mapped[dict[str, Any] | None]
+    gpus: Mapped[int] = mapped_column(Integer, default=1)
+    run_key: Mapped[str] = mapped_column(String(32))
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    device: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    git_commit: Mapped[str | None] = mapped_column(String(64))
+    packages: Mapped[dict[str, Any] | None]
+    run_dir: Mapped[str | None] = mapped_column(String(1000))
+
+    grid: Mapped[GridRecord] = relationship()
+    metrics: Mapped[Metrics | None] = relationship(back_populates="run", cascade="all, delete-orphan")
+
+
+class Metrics(Base):
+    __tablename__ = "metrics"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    AP: Mapped[float | None] = mapped_column(Float)
+    AP50: Mapped[float | None] = mapped_column(Float)
+    AP75: Mapped[float | None] = mapped_column(Float)
+    AP_S: Mapped[float | None] = mapped_column(Float)
+    AP_M: Mapped[float | None] = mapped_column(Float)
+    AP_L: Mapped[float | None] = mapped_column(Float)
+    AR100: Mapped[float | None] = mapped_column(Float)
+    params: Mapped[int | None] = mapped_column(BigInteger)
+    gflops: Mapped[float | None] = mapped_column(Float)
+    fps: Mapped[float | None] = mapped_column(Float)
+    fps_device: Mapped[str | None] = mapped_column(String(200))
+    fps_dtype: Mapped[str | None] = mapped_column(String(32))
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    run: Mapped[Run] = relationship(back_populates="metrics")
+
+
+METRIC_COLUMNS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100", "params", "gflops", "fps")
+
+
+class TrainRecord(Base):
+    __tablename__ = "train_records"
+    __table_args__ = (Index("ix_train_records_run_step", "run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    time: Mapped[float | None] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float)
+    loss: Mapped[float | None] = mapped_column(Float)
+    losses: Mapped[dict[str, Any]]
+    data: Mapped[dict[str, Any]]
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    path: Mapped[str] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def _is_transient(exc: OperationalError) -> bool:
+    message = str(exc.orig).lower()
+    return any(s in message for s in ("database is locked", "database table is locked", "deadlock detected",
+                                      "could not serialize access", "database is busy"))
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine for ``url``; SQLite files get WAL, a busy timeout and explicit transaction control."""
+    url = make_url(url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, issue BEGIN (so writers can BEGIN IMMEDIATE).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if url.database and url.database != ":memory:":
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Database:
+    """An engine plus read/write transaction helpers for one URL (no global state)."""
+
+    def __init__(self, url: str | URL) -> None:
+        self.url = make_url(url)
+        self.engine = make_engine(self.url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.is_postgres = self.url.get_backend_name() == "postgresql"
+        writer = self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(writer, expire_on_commit=False)
+
+    @property
+    def display_url(self) -> str:
+        return safe_url(self.url)
+
+    @property
+    def url_string(self) -> str:
+        """The full URL (password included) for child processes; never print it."""
+        return self.url.render_as_string(hide_password=False)
+
+    def read(self, fn: Callable[[Session], T], retries: int = 10) -> T:
+        return self._transact(self._read, fn, retries)
+
+    def write(self, fn: Callable[[Session], T], retries: int = 20) -> T:
+        """Run ``fn`` in one writing transaction, committed on return, retried on transient locks."""
+        return self._transact(self._write, fn, retries)
+
+    def _transact(self, maker: sessionmaker[Session], fn: Callable[[Session], T], retries: int) -> T:
+        for attempt in range(retries + 1):
+            try:
+                with maker.begin() as session:
+                    return fn(session)
+            except OperationalError as exc:
+                if attempt == retries or not _is_transient(exc):
+                    raise
+                time.sleep(min(2.0, 0.02 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def init_db(url: str | URL | Database) -> Database:
+    """Open ``url`` and upgrade its schema to the newest Alembic revision (safe to call concurrently)."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    db = url if isinstance(url, Database) else Database(url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    writer = db.engine.execution_options(sqlite_immediate=True) if db.is_sqlite else db.engine
+    for attempt in range(20):
+        try:
+            with writer.begin() as conn:
+                if db.is_postgres:
+                    # Serialise concurrent first starts (several workers on an empty database).
+                    conn.execute(text("SELECT pg_advisory_xact_lock(7345012)"))
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+            return db
+        except OperationalError as exc:
+            if attempt == 19 or not _is_transient(exc):
+                raise
+            time.sleep(0.05 * (1 + random.random()))
+    return db

@@ -1,0 +1,332 @@
+"""One run, executed in its own process: ``python -m runner.job RUN_ID [--db URL] [--runs-dir DIR]``.
+
+A worker starts it with ``CUDA_VISIBLE_DEVICES`` set, the claim token in ``FASTINST_RUN_TOKEN``
+and the database URL in ``FASTINST_DB`` (so a password never shows in the process list). The job
+runs the run's stages (the ``fastinst.engine`` functions of docs/contracts.md, imported only when
+a stage needs them), streams per-step training records to the database, and finally stores the
+metrics, artifacts and ``succeeded`` in one transaction guarded by the claim token. Under
+``torchrun`` every rank runs the stages and rank 0 alone writes to the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fastinst.config import Config, config_from_dict
+from runner import queue
+from runner.db import REPO_ROOT, SUCCEEDED, Artifact, Database, Metrics, Run, TrainRecord, resolve_url, utcnow
+
+DEFAULT_RUNS_DIR = REPO_ROOT / "runs"
+PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pycocotools", "sqlalchemy", "fastinst-lab")
+EVAL_KEYS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100")
+
+
+def run_dir_for(runs_dir: str | Path, grid: str, run_id: int) -> Path:
+    return Path(runs_dir) / grid / str(run_id)
+
+
+@dataclass
+class JobContext:
+    """What a stage runner gets: the run, its config and directory, and earlier stages' results."""
+
+    run_id: int
+    attempt: int
+    cfg: Config
+    data: dict[str, Any] | None
+    options: dict[str, dict[str, Any]]
+    run_dir: Path
+    on_record: Callable[[dict[str, Any]], None]
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    artifacts: list[tuple[str, str]] = field(default_factory=list)
+
+    def data_spec(self) -> Any:
+        from fastinst.data import DataSpec
+
+        if self.data is None:
+            raise ValueError("this stage needs data; set 'data' in the grid")
+        if "root" in self.data:
+            return DataSpec.from_folder(self.data["root"])
+        return DataSpec(**self.data)
+
+    def weights(self, stage: str) -> str | None:
+        return self.options.get(stage, {}).get("weights") or self.results.get("train", {}).get("checkpoint")
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def stage_train(ctx: JobContext) -> dict[str, Any]:
+    from fastinst.engine.train import train
+
+    out_dir = ctx.run_dir / "train"
+    result = train(ctx.cfg, ctx.data_spec(), out_dir, on_record=ctx.on_record)
+    if result.get("checkpoint"):
+        ctx.artifacts.append(("checkpoint", str(result["checkpoint"])))
+    if (out_dir / "metrics.jsonl").exists():
+        ctx.artifacts.append(("records", str(out_dir / "metrics.jsonl")))
+    return result
+
+
+def stage_eval(ctx: JobContext) -> dict[str, Any]:
+    from fastinst.engine.evaluate import evaluate
+
+    return evaluate(ctx.cfg, ctx.weights("eval"), ctx.data_spec())
+
+
+def stage_analyze(ctx: JobContext) -> dict[str, Any]:
+    from fastinst.engine.analyze import analyze
+
+    size = ctx.options.get("analyze", {}).get("size")
+    return analyze(ctx.cfg, size=tuple(size)) if size else analyze(ctx.cfg)
+
+
+def stage_bench(ctx: JobContext) -> dict[str, Any]:
+    from fastinst.engine.bench import bench
+
+    images = ctx.options.get("bench", {}).get("images", 100)
+    return bench(ctx.cfg, ctx.weights("bench"), ctx.data_spec(), images=images)
+
+
+def stage_noop(ctx: JobContext) -> dict[str, Any]:
+    """No work: for queue tests and overhead benchmarks (optionally sleeps, fails, emits records)."""
+    opts = ctx.options.get("noop", {})
+    if ctx.attempt <= opts.get("fail_attempts", 0):
+        raise RuntimeError(f"noop: failing attempt {ctx.attempt} as asked")
+    for step in range(opts.get("records", 0)):
+        ctx.on_record({"step": step, "loss": 1.0 / (step + 1), "loss_mask": 0.5 / (step + 1), "lr": 1e-4})
+    time.sleep(opts.get("sleep", 0.0))
+    return dict(opts.get("metrics", {}))
+
+
+STAGE_RUNNERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
+    "train": stage_train, "eval": stage_eval, "analyze": stage_analyze, "bench": stage_bench, "noop": stage_noop,
+}
+
+
+# --------------------------------------------------------------------------- results
+
+
+def metrics_row(run_id: int, results: dict[str, dict[str, Any]], timings: dict[str, float]) -> Metrics:
+    """Map stage results onto the metrics columns; everything else goes to ``extra``."""
+    merged: dict[str, Any] = {}
+    extra: dict[str, Any] = {"timings": timings}
+    taken = {"eval": EVAL_KEYS, "analyze": ("params", "gflops"), "bench": ("fps", "device", "dtype"),
+             "noop": (*EVAL_KEYS, "params", "gflops", "fps")}
+    for stage, result in results.items():
+        keys = taken.get(stage, ())
+        merged.update({k: v for k, v in result.items() if k in keys})
+        rest = {k: v for k, v in result.items() if k not in keys}
+        if rest:
+            extra[stage] = rest
+    row = Metrics(run_id=run_id, extra=json.loads(json.dumps(extra, default=str)))
+    for key in (*EVAL_KEYS, "gflops", "fps"):
+        if merged.get(key) is not None:
+            setattr(row, key, float(merged[key]))
+    if merged.get("params") is not None:
+        row.params = int(merged["params"])
+    if merged.get("device") is not None:
+        row.fps_device = str(merged["device"])
+    if merged.get("dtype") is not None:
+        row.fps_dtype = str(merged["dtype"])
+    return row
+
+
+def train_record(run_id: int, attempt: int, index: int, record: dict[str, Any]) -> TrainRecord:
+    losses = {k: float(v) for k, v in record.items()
+              if k != "loss" and "loss" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    total = record.get("loss", sum(losses.values()) if losses else None)
+    step = record.get("step", record.get("iter", index))
+    return TrainRecord(
+        run_id=run_id, attempt=attempt, step=int(step),
+        time=_float(record.get("time")), lr=_float(record.get("lr")), loss=_float(total),
+        losses=losses, data=json.loads(json.dumps(record, default=str)),
+    )
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class RecordSink:
+    """Buffers per-step records and writes them in small batches (rank 0 only)."""
+
+    def __init__(self, db: Database, run_id: int, token: str, attempt: int, period: float = 1.0) -> None:
+        self.db, self.run_id, self.token, self.attempt, self.period = db, run_id, token, attempt, period
+        self.buffer: list[dict[str, Any]] = []
+        self.count = 0
+        self.last_flush = time.monotonic()
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self.buffer.append(dict(record))
+        if time.monotonic() - self.last_flush >= self.period:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        batch, self.buffer = self.buffer, []
+
+        def _write(s: Any) -> None:
+            queue.owned_run(s, self.run_id, self.token)
+            for record in batch:
+                s.add(train_record(self.run_id, self.attempt, self.count, record))
+                self.count += 1
+
+        self.db.write(_write)
+        self.last_flush = time.monotonic()
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def device_name() -> str:
+    """``cpu``, or the visible CUDA devices (with the GPU's name when torch is already loaded)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if not visible:
+        return "cpu"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return f"cuda:{visible} ({torch.cuda.get_device_name(0)})"
+    return f"cuda:{visible}"
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """On Linux, get SIGKILL when the worker dies, so an orphaned job never keeps running."""
+    if parent_pid is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the worker died before prctl took effect
+        os._exit(1)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_job(db: Database, run_id: int, token: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> int:
+    """Run every stage of run ``run_id`` under claim ``token``; returns the process exit code."""
+    rank = int(os.environ.get("RANK", "0"))
+    started = time.time()
+    info = db.read(lambda s: _load(s, run_id))
+    run_dir = run_dir_for(runs_dir, info["grid"], run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = config_from_dict(info["config"])
+    sink = RecordSink(db, run_id, token, info["attempt"])
+    ctx = JobContext(run_id, info["attempt"], cfg, info["data"], info["stage_options"], run_dir,
+                     sink if rank == 0 else (lambda _record: None))
+    print(f"run {run_id} attempt {info['attempt']}: stages {info['stages']} in {run_dir}", flush=True)
+    try:
+        if rank == 0:
+            (run_dir / "config.yaml").write_text(cfg.to_yaml())
+            db.write(lambda s: _record_environment(s, run_id, token, str(run_dir)))
+        timings = {"startup_s": started - info["claimed_at"]}
+        for stage in info["stages"]:
+            t0 = time.perf_counter()
+            ctx.results[stage] = STAGE_RUNNERS[stage](ctx)
+            timings[f"{stage}_s"] = time.perf_counter() - t0
+            print(f"stage {stage}: {json.dumps(ctx.results[stage], default=str)}", flush=True)
+        if rank == 0:
+            sink.flush()
+            db.write(lambda s: _store(s, run_id, token, ctx, timings, run_dir))
+    except queue.LostClaim as exc:
+        print(f"stopping: {exc}", flush=True)
+        return 3
+    except Exception:
+        error = traceback.format_exc()
+        print(error, file=sys.stderr, flush=True)
+        if rank == 0:
+            status = queue.fail(db, run_id, token, error)
+            print(f"run {run_id}: attempt failed, now {status}", flush=True)
+        return 1
+    print(f"run {run_id}: succeeded", flush=True)
+    return 0
+
+
+def _load(s: Any, run_id: int) -> dict[str, Any]:
+    run = s.get(Run, run_id)
+    if run is None:
+        raise SystemExit(f"runner.job: no run {run_id}")
+    return {
+        "grid": run.grid.name, "config": run.config, "stages": run.stages.split(","),
+        "stage_options": run.stage_options or {}, "data": run.data, "attempt": run.attempts,
+        "claimed_at": (run.started_at or utcnow()).replace(tzinfo=timezone.utc).timestamp(),
+    }
+
+
+def _record_environment(s: Any, run_id: int, token: str, run_dir: str) -> None:
+    run = queue.owned_run(s, run_id, token)
+    run.git_commit = git_commit()
+    run.packages = package_versions()
+    run.run_dir = run_dir
+    run.device = device_name()
+
+
+def _store(s: Any, run_id: int, token: str, ctx: JobContext, timings: dict[str, float], run_dir: Path) -> None:
+    run = queue.owned_run(s, run_id, token)
+    old = s.get(Metrics, run_id)
+    if old is not None:
+        s.delete(old)
+        s.flush()
+    s.add(metrics_row(run_id, ctx.results, timings))
+    for kind, path in [*ctx.artifacts, ("log", str(run_dir / "job.log")), ("config", str(run_dir / "config.yaml"))]:
+        s.add(Artifact(run_id=run_id, kind=kind, path=path))
+    run.device = device_name()
+    run.status, run.finished_at, run.claim_token = SUCCEEDED, utcnow(), None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runner.job", description=__doc__.splitlines()[0])
+    parser.add_argument("run_id", type=int)
+    parser.add_argument("--db", help="database URL (default: $FASTINST_DB, then sqlite:///<repo>/results.db)")
+    parser.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR))
+    parser.add_argument("--token", default=os.environ.get("FASTINST_RUN_TOKEN"),
+                        help="claim token (default: $FASTINST_RUN_TOKEN)")
+    args = parser.parse_args(argv)
+    parent = os.environ.get("FASTINST_WORKER_PID")
+    die_with_parent(int(parent) if parent else None)
+    if not args.token:
+        parser.error("a claim token is needed (--token or $FASTINST_RUN_TOKEN)")
+    db = Database(resolve_url(args.db))
+    try:
+        return run_job(db, args.run_id, args.token, args.runs_dir)
+    finally:
+        db.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
