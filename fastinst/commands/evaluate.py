@@ -1,0 +1,53 @@
+"""``fastinst eval``: mask AP of a checkpoint on a COCO-format val set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fastinst.data.spec import DatasetError, DataSpec
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint (COCO mask AP)",
+                              description="Evaluate CONFIG with WEIGHTS on a COCO-format val set.")
+    p.add_argument("config", help="config YAML")
+    p.add_argument("--weights", required=True, help="checkpoint (ours or the official layout)")
+    p.add_argument("--data", help="dataset folder (annotations/instances_val*.json + val*/ images)")
+    p.add_argument("--val-json", help="val annotation JSON (instead of --data)")
+    p.add_argument("--val-images", help="val image folder (with --val-json)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, repeatable")
+    p.add_argument("--images", type=int, help="evaluate only the first N images")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on the last line")
+    p.set_defaults(func=run)
+
+
+def data_spec(args: argparse.Namespace) -> DataSpec:
+    """The val split from ``--data`` or ``--val-json``/``--val-images``."""
+    if args.data and (args.val_json or args.val_images):
+        raise DatasetError("give either --data or --val-json/--val-images, not both")
+    if args.data:
+        return DataSpec.from_folder(args.data)
+    if not (args.val_json and args.val_images):
+        raise DatasetError("give --data DIR, or both --val-json and --val-images")
+    return DataSpec(val_json=args.val_json, val_images=args.val_images)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastinst import load_config
+    from fastinst.engine.evaluate import evaluate
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        metrics = evaluate(cfg, args.weights, data_spec(args), max_images=args.images, device=args.device)
+    except (DatasetError, FileNotFoundError) as exc:
+        print(f"fastinst eval: {exc}", file=sys.stderr)
+        return 2
+    for key, value in metrics.items():
+        print(f"{key:>16}  {value:.4f}" if isinstance(value, float) else f"{key:>16}  {value}")
+    if args.json:
+        print(json.dumps(metrics))
+    return 0
