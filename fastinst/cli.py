@@ -14,6 +14,8 @@ from fastinst.config import ConfigError
 
 COMMANDS = [
     "fastinst.commands.analyze",
+    "fastinst.commands.evaluate",
+    "fastinst.commands.make_synthetic",
 ]
 
 

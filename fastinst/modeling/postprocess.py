@@ -12,8 +12,8 @@ def resize_mask_logits(mask_logits: Tensor, padded_size: tuple[int, int], image_
     """``(Q, h, w)`` logits → padded input size → crop to the image → ``output_size``, bilinear."""
     masks = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
     masks = masks[:, :, : image_size[0], : image_size[1]]
-    if tuple(output_size) != tuple(image_size):
-        masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
+    # Always resized, even to the same size, as the official sem_seg_postprocess (FLOPs and FPS count it).
+    masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
     return masks[0]
 
 
