@@ -147,6 +147,11 @@ class _Lines:
         return self.lines.get(path, 1)
 
 
+def line_of(text: str, *path: Any) -> int:
+    """The 1-based line of the key or item at ``path`` in a YAML document (or of its closest parent)."""
+    return _Lines(text).line(tuple(path))
+
+
 class _Checker:
     def __init__(self, source: str, lines: _Lines) -> None:
         self.source = source

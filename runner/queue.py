@@ -84,7 +84,7 @@ def append_error(old: str | None, new: str) -> str:
 # --------------------------------------------------------------------------- submit
 
 
-def _upsert_grid(s: Session, grid: Grid) -> GridRecord:
+def _upsert_grid(s: Session, grid: Grid, keep_rows: bool) -> GridRecord:
     record = s.scalars(select(GridRecord).where(GridRecord.name == grid.name)).one_or_none()
     if record is None:
         record = GridRecord(name=grid.name)
@@ -105,13 +105,15 @@ def _upsert_grid(s: Session, grid: Grid) -> GridRecord:
         grid_row.position = position
         grid_row.overrides = row.overrides
         grid_row.variant_hash = row.hash
-    for stale in existing.values():
-        s.delete(stale)
+    if not keep_rows:  # the grid file is the truth: drop rows it no longer has (their runs stay)
+        for stale in existing.values():
+            s.delete(stale)
     return record
 
 
-def _submit_once(s: Session, grid: Grid, force: bool, priority: int, max_attempts: int) -> SubmitResult:
-    record = _upsert_grid(s, grid)
+def _submit_once(s: Session, grid: Grid, force: bool, priority: int, max_attempts: int,
+                 keep_rows: bool) -> SubmitResult:
+    record = _upsert_grid(s, grid, keep_rows)
     planned = []
     for row in grid.rows:
         for seed in row.seeds:
@@ -155,13 +157,17 @@ def _submit_once(s: Session, grid: Grid, force: bool, priority: int, max_attempt
 
 
 def submit(db: Database, grid: Grid, *, force: bool = False, priority: int | None = None,
-           max_attempts: int | None = None) -> SubmitResult:
-    """Queue one run per (row, seed) of ``grid`` (see the module docstring for what is skipped)."""
+           max_attempts: int | None = None, keep_rows: bool = False) -> SubmitResult:
+    """Queue one run per (row, seed) of ``grid`` (see the module docstring for what is skipped).
+
+    ``keep_rows`` keeps grid rows from earlier submits that ``grid`` lacks (a search adds a row
+    per trial); by default the grid's rows become exactly ``grid.rows``.
+    """
     prio = grid.priority if priority is None else priority
     attempts = grid.max_attempts if max_attempts is None else max_attempts
     for attempt in range(10):
         try:
-            return db.write(lambda s: _submit_once(s, grid, force, prio, attempts))
+            return db.write(lambda s: _submit_once(s, grid, force, prio, attempts, keep_rows))
         except IntegrityError:
             # A concurrent submit inserted the same grid or runs first: retry, now seeing them.
             if attempt == 9:
