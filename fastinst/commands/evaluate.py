@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     try:
         metrics = evaluate(cfg, args.weights, data_spec(args), max_images=args.images, device=args.device)
-    except (DatasetError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:  # DatasetError, ConfigError, a checkpoint that does not fit
         print(f"fastinst eval: {exc}", file=sys.stderr)
         return 2
     for key, value in metrics.items():

@@ -13,7 +13,7 @@ from fastinst.data.spec import DatasetError, DataSpec
 _LAZY = {
     "CocoInstanceDataset": "fastinst.data.coco",
     "TrainTransform": "fastinst.data.transforms",
-    "TestTransform": "fastinst.data.transforms",
+    "EvalTransform": "fastinst.data.transforms",
     "build_train_loader": "fastinst.data.transforms",
     "build_test_loader": "fastinst.data.transforms",
     "collate": "fastinst.data.transforms",

@@ -82,7 +82,7 @@ class TrainTransform:
         return image.contiguous(), masks.contiguous()
 
 
-class TestTransform:
+class EvalTransform:
     """Deterministic resize: shorter edge ``min_size_test``, longer ≤ ``max_size_test``."""
 
     def __init__(self, cfg: Config) -> None:

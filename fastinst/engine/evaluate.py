@@ -26,7 +26,7 @@ from tqdm import tqdm
 from fastinst.config import Config, ConfigError
 from fastinst.data.coco import CocoInstanceDataset
 from fastinst.data.spec import DataSpec
-from fastinst.data.transforms import TestTransform, build_test_loader, resize_masks
+from fastinst.data.transforms import EvalTransform, build_test_loader, resize_masks
 
 METRICS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR1", "AR10", "AR100", "AR_S", "AR_M", "AR_L")
 
@@ -100,6 +100,8 @@ def predictions_from_outputs(outputs: list[dict[str, torch.Tensor]], image_ids: 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load a checkpoint (a state dict, or a dict with key ``"model"``), official layout recognised."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
@@ -109,7 +111,21 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 
     if convert.is_official_state_dict(state):
         state = convert.convert_official_state_dict(state)
+    _check_fits(model.state_dict(), state, path)
     model.load_state_dict(state)
+
+
+def _check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, Any], path: str | Path) -> None:
+    """A short error (counts and first examples) when ``state`` does not fit the model's keys/shapes."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                   ("keys of another shape", reshaped)) if keys]
+    if problems:
+        raise ValueError(f"{path}: checkpoint does not fit the model built from the config: " + "; ".join(problems))
 
 
 def _check_classes(cfg: Config, dataset: CocoInstanceDataset) -> None:
@@ -148,7 +164,9 @@ def evaluate(cfg: Config, weights: str | Path | None, data: DataSpec, max_images
     from fastinst import build_model
 
     json_path, image_dir = data.split("val")
-    dataset = CocoInstanceDataset(json_path, image_dir, transform=TestTransform(cfg))
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"weights file not found: {weights}")
+    dataset = CocoInstanceDataset(json_path, image_dir, transform=EvalTransform(cfg))
     _check_classes(cfg, dataset)
     subset: CocoInstanceDataset | Subset = dataset
     if max_images is not None and max_images < len(dataset):
