@@ -74,7 +74,9 @@ def _run(jobs: list[tuple], workers: int | None) -> Iterator[tuple[dict, list[di
     if workers == 1 or len(jobs) < 16:
         yield from map(_write_image, jobs)
         return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    # fork: cheap to start and needs no ``__main__`` guard in the caller's script (Linux, macOS).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
         yield from pool.imap(_write_image, jobs, chunksize=8)
 
 
@@ -141,7 +143,7 @@ def _paint(rng: np.random.Generator, pixels: np.ndarray, mask: np.ndarray, k: in
     hue = (k / num_classes + rng.uniform(-0.25, 0.25) / num_classes) % 1.0
     rgb = np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0))) * 255
     n = int(mask.sum())
-    pixels[mask] = (rgb + rng.normal(0, 8, (n, 3))).clip(0, 255).astype(np.uint8)
+    pixels[mask] = (rgb.astype(np.int16) + rng.integers(-10, 11, (n, 3), dtype=np.int16)).clip(0, 255)
 
 
 def _shape(rng: np.random.Generator, k: int, size: int, max_area: float | None = None,
