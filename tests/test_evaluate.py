@@ -27,7 +27,7 @@ from fastinst.engine.evaluate import METRICS, coco_evaluate, evaluate, load_weig
 TINY = ["model.num_classes=4", "model.backbone.name=resnet18", "model.hidden_dim=64",
         "model.decoder.dim_feedforward=128", "model.decoder.num_layers=1", "model.num_ia_queries=10",
         "model.num_aux_queries=2", "model.pixel_decoder.dim_feedforward=128", "model.test.detections_per_image=10",
-        "input.min_size_test=64", "input.max_size_test=96"]
+        "input.min_size_test=64", "input.max_size_test=96", "data.num_workers=0"]
 
 
 @pytest.fixture(scope="module")
