@@ -208,7 +208,9 @@ def owned_run(s: Session, run_id: int, token: str) -> Run:
 
 
 def heartbeat(db: Database, claims: Iterable[tuple[int, str]]) -> set[int]:
-    """Refresh the heartbeat of our running runs; return the ids that are no longer ours."""
+    """Refresh the heartbeat of our running runs; return the ids whose job should be stopped:
+    cancelled, deleted, or running under someone else's claim. (A run our job already finished
+    or failed is not reported: the job is exiting on its own.)"""
     tokens = dict(claims)
     if not tokens:
         return set()
@@ -219,6 +221,7 @@ def heartbeat(db: Database, claims: Iterable[tuple[int, str]]) -> set[int]:
         for run in s.scalars(select(Run).where(Run.id.in_(list(tokens)))):
             if run.status == RUNNING and run.claim_token == tokens[run.id]:
                 run.heartbeat_at = now
+            if run.status != CANCELLED and (run.status != RUNNING or run.claim_token == tokens[run.id]):
                 lost.discard(run.id)
         return lost
 

@@ -124,7 +124,7 @@ class RayExecutor:
         except Exception as exc:  # the task itself failed (node lost, cancelled, ...)
             queue.fail(self.db, claim.run_id, claim.token, f"Ray task failed: {exc!r}")
             return
-        status = record_exit(self.db, claim, rc, log_path)
+        status = record_exit(self.db, claim, rc, log_path) if rc != 0 else None
         log.info("run %d: task exited %d%s", claim.run_id, rc, f"; {status}" if status else "")
 
     def _shutdown(self, ray: Any) -> None:

@@ -182,7 +182,9 @@ class Worker:
             if job.lost:
                 log.info("run %d: stopped (no longer ours)", job.claim.run_id)
                 continue
-            status = record_exit(self.db, job.claim, rc, job.log_path)
+            # Exit code 0 means the job stored its success; any other exit may have left the run
+            # running under our claim (a crash before the job could record its failure).
+            status = record_exit(self.db, job.claim, rc, job.log_path) if rc != 0 else None
             log.info("run %d: exited %d%s", job.claim.run_id, rc, f"; {status}" if status else "")
 
     def _heartbeat(self) -> None:

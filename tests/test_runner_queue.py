@@ -74,6 +74,8 @@ def test_claim_order_resources_heartbeat_and_stale_sweep(db: Database, tmp_path:
     assert big_claim is not None and big_claim.grid == "big"
 
     assert queue.heartbeat(db, [(first.run_id, first.token), (second.run_id, "not-the-token")]) == {second.run_id}
+    queue.cancel(db, run_ids=[big_claim.run_id])
+    assert queue.heartbeat(db, [(big_claim.run_id, big_claim.token)]) == {big_claim.run_id}
     # A heartbeat older than stale_after gets the run requeued, with the reason kept.
     old = utcnow().replace(year=2000)
     db.write(lambda s: s.execute(update(Run).where(Run.id == first.run_id).values(heartbeat_at=old)))

@@ -1,0 +1,96 @@
+"""The Ray executor on a local Ray instance with logical GPUs, and an Optuna search through the queue."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from runner_helpers import open_db, start_worker, url_for, write_grid
+from sqlalchemy import select
+
+from fastinst.grid import GridError, load_grid
+from runner import queue
+from runner.db import SUCCEEDED, Database, Run
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    yield from open_db(next(url_for("sqlite", tmp_path)))
+
+
+@pytest.fixture
+def local_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    temp = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must stay under ~107 characters
+    ray.init(num_cpus=2, num_gpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_executor_runs_a_grid_with_logical_gpus(db: Database, tmp_path: Path, local_ray: object) -> None:
+    from runner.ray_executor import RayExecutor
+
+    grid = load_grid(write_grid(tmp_path / "g.yaml", name="rayg", seeds=2, gpus=1, noop={"metrics": {"AP": 3.0}},
+                                extra="axes:\n  model.decoder.num_layers: [1, 2]\n"))
+    assert len(queue.submit(db, grid).queued) == 4
+    executor = RayExecutor(db, runs_dir=tmp_path / "runs", poll=0.2, heartbeat=0.5, stale_after=5,
+                           exit_when_empty=True)
+    assert executor.run() == 0
+    runs = db.read(lambda s: list(s.scalars(select(Run))))
+    assert all(r.status == SUCCEEDED and r.attempts == 1 and r.worker.startswith("ray:") for r in runs)
+    assert db.read(lambda s: [r.metrics.AP for r in s.scalars(select(Run))]) == [3.0] * 4
+    # Each task saw one of the two logical GPUs.
+    visible = {(tmp_path / "runs" / "rayg" / str(r.id) / "job.log").read_text().split("CUDA_VISIBLE_DEVICES=")[1][:3]
+               for r in runs}
+    assert visible <= {"'0'", "'1'"} and visible
+
+
+def test_search_queues_trials_as_runs_and_tells_optuna(db: Database, tmp_path: Path) -> None:
+    from runner.search import load_search, run_search
+
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(
+        "name: qsearch\nstages: [noop]\nresources: {gpus: 0}\nseeds: [0, 1]\n"
+        "stage_options: {noop: {metrics: {AP: 30.0, fps: 12.5}}}\n"
+        "search:\n  objectives: [AP, FPS]\n  sampler: random\n  space:\n"
+        "    model.num_ia_queries: {low: 10, high: 300, step: 10}\n"
+        "    model.decoder.num_layers: [1, 2, 3]\n"
+        "    solver.base_lr: {low: 1.0e-5, high: 1.0e-3, log: true}\n")
+    spec = load_search(spec_path)
+    worker = start_worker(db.url_string, tmp_path, "w")
+    try:
+        study = run_search(db, spec, trials=3, parallel=2, poll=0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.values == [30.0, 12.5] for t in trials)
+    rows = db.read(lambda s: list(s.scalars(select(Run).where(Run.status == SUCCEEDED))))
+    assert {r.row_name for r in rows} == {t.user_attrs["row"] for t in trials}
+    assert all(len(t.user_attrs["run_ids"]) == 2 for t in trials)
+    run = rows[0]
+    assert run.config["model"]["num_ia_queries"] == run.overrides["model.num_ia_queries"]
+    # The study lives in the same database.
+    import optuna
+
+    assert optuna.load_study(study_name="qsearch", storage=db.url_string).trials[0].values == [30.0, 12.5]
+
+
+def test_search_spec_errors_name_line_and_key(tmp_path: Path) -> None:
+    from runner.search import load_search
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nstages: [noop]\nsearch:\n  space:\n    model.decoder.num_layer: [1, 2]\n")
+    with pytest.raises(GridError, match=r"s.yaml:5: search: unknown config key 'model.decoder.num_layer'"):
+        load_search(path)
+    path.write_text("name: s\nstages: [noop]\nsearch:\n  objectives: [AP, speed]\n  space: {model.num_ia_queries: [1]}\n")
+    with pytest.raises(GridError, match=r"s.yaml:4: search: objectives must be"):
+        load_search(path)
+    assert os.path.exists(path)
