@@ -1,0 +1,347 @@
+"""Read-only access to the results database for the dashboard, on top of ``runner.export``.
+
+Every function opens one short read transaction (``Database.read``) and returns plain data
+(DataFrames, dicts), so no session or lock outlives a call and a database being written by
+workers is never blocked. Only SQLAlchemy's ORM is used: SQLite and PostgreSQL alike.
+
+Units: pycocotools gives AP in [0, 1] and the runner stores it as given; the dashboard shows
+percent, as the paper does (``AP_SCALE``), and COCO's -1 ("no ground truth of that size") as
+missing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import func, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from fastinst.grid import flatten, parse_grid
+from runner.db import (
+    FAILED,
+    QUEUED,
+    RUNNING,
+    STATUSES,
+    SUCCEEDED,
+    Artifact,
+    Database,
+    GridRecord,
+    Metrics,
+    Run,
+    TrainRecord,
+    utcnow,
+)
+from runner.export import grid_table, runs_frame
+
+AP_SCALE = 100.0
+AP_COLUMNS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100")
+IMAGE_KINDS = ("predictions", "visualization", "visualizations", "images")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+# --------------------------------------------------------------------------- database state
+
+
+def database_problem(db: Database) -> str | None:
+    """Why the dashboard cannot show anything yet (missing file, no schema, no runs), or None."""
+    if db.is_sqlite:
+        path = db.url.database
+        if path and path != ":memory:" and not Path(path).is_file():
+            return (f"No database file at `{path}`. Queue a grid first: "
+                    f"`runner --db {db.display_url} submit experiments/<grid>.yaml`.")
+    tables = db.read(lambda s: set(inspect(s.connection()).get_table_names()))
+    if not {"grids", "runs", "metrics"} <= tables:
+        return (f"`{db.display_url}` has no fastinst-lab tables yet. Queue a grid first: "
+                f"`runner --db {db.display_url} submit experiments/<grid>.yaml`.")
+    if not db.read(lambda s: s.scalar(select(func.count()).select_from(Run))):
+        return (f"`{db.display_url}` has no runs yet. Queue a grid with `runner submit` and start a worker "
+                "with `runner work`; this page fills in as results arrive.")
+    return None
+
+
+def is_sqlite_url(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+# --------------------------------------------------------------------------- units
+
+
+def scale_ap(frame: pd.DataFrame) -> pd.DataFrame:
+    """AP-type columns (and their ``_std`` columns) in percent; COCO's -1 becomes NaN."""
+    out = frame.copy()
+    for column in AP_COLUMNS:
+        for name in (column, f"{column}_std"):
+            if name in out.columns:
+                values = pd.to_numeric(out[name], errors="coerce").astype("float64")
+                if name == column:
+                    values = values.where(values >= 0)
+                out[name] = values * AP_SCALE
+    return out
+
+
+def runs(db: Database) -> pd.DataFrame:
+    """``runner.export.runs_frame`` with AP in percent."""
+    return scale_ap(runs_frame(db))
+
+
+RESULT_COLUMNS = ["grid", "row", "seed", "run_id", "AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100", "params",
+                  "gflops", "fps", "fps_device", "fps_dtype"]
+
+
+def grid_results(db: Database) -> pd.DataFrame:
+    """One row per (grid, grid row, seed) with a result, AP in percent, plus the row's override columns.
+
+    Results are chosen as ``runner.export.grid_table`` chooses them: the succeeded runs of the row's
+    variant with the grid's seeds and stages, whichever grid queued them, newest generation winning.
+    So a row shared by several grids (the D3 baseline of every ablation) appears in each.
+    """
+
+    def _query(s: Session) -> list[dict[str, Any]]:
+        records = list(s.scalars(select(GridRecord).order_by(GridRecord.name)))
+        hashes = {row.variant_hash for r in records for row in r.rows}
+        found: dict[tuple[str, int, str], tuple[int, Run, Metrics]] = {}
+        if hashes:
+            stmt = (select(Run, Metrics).join(Metrics, Metrics.run_id == Run.id)
+                    .where(Run.variant_hash.in_(sorted(hashes)), Run.status == SUCCEEDED))
+            for run, metrics in s.execute(stmt):
+                key = (run.variant_hash, run.seed, run.stages)
+                if key not in found or run.generation >= found[key][0]:
+                    found[key] = (run.generation, run, metrics)
+        out = []
+        for record in records:
+            for row in record.rows:
+                for seed in record.seeds:
+                    hit = found.get((row.variant_hash, seed, record.stages))
+                    if hit is None:
+                        continue
+                    _gen, run, m = hit
+                    entry = {"grid": record.name, "row": row.name, "seed": seed, "run_id": run.id}
+                    entry.update({c: getattr(m, c) for c in RESULT_COLUMNS[4:]})
+                    entry.update(row.overrides)
+                    out.append(entry)
+        return out
+
+    rows = db.read(_query)
+    return scale_ap(pd.DataFrame(rows) if rows else pd.DataFrame(columns=RESULT_COLUMNS))
+
+
+def table(db: Database, grid: str) -> pd.DataFrame:
+    """``runner.export.grid_table`` (mean and std over seeds) with AP in percent."""
+    return scale_ap(grid_table(db, grid))
+
+
+# --------------------------------------------------------------------------- grids
+
+
+@dataclass
+class GridInfo:
+    name: str
+    axes: list[str]
+    seeds: list[int]
+    stages: str
+    reference: str | None
+    rows: list[str]
+
+
+def grids(db: Database) -> list[GridInfo]:
+    """Every grid, by name, with its axes and row names (in grid order)."""
+
+    def _query(s: Session) -> list[GridInfo]:
+        records = s.scalars(select(GridRecord).order_by(GridRecord.name))
+        return [GridInfo(r.name, list(r.axes), list(r.seeds), r.stages, r.reference, [row.name for row in r.rows])
+                for r in records]
+
+    return db.read(_query)
+
+
+def base_config(spec: dict[str, Any], grid_path: str | None) -> dict[str, Any]:
+    """The resolved config of a grid's ``base`` (a file is read relative to the grid file).
+
+    Raises ``GridError`` when the base cannot be resolved (e.g. its file moved since the submit).
+    """
+    mini: dict[str, Any] = {"name": "base", "stages": ["analyze"]}
+    if spec.get("base") is not None:
+        mini["base"] = spec["base"]
+    root = Path(grid_path).parent if grid_path else Path.cwd()
+    return parse_grid(mini, source=grid_path or "<grid>", root=root).rows[0].config.to_dict()
+
+
+def config_diff(base: dict[str, Any], config: dict[str, Any]) -> pd.DataFrame:
+    """The dotted keys whose values differ: ``key``, ``base``, ``run`` (as text, sorted by key)."""
+    flat_base, flat_run = flatten(base), flatten(config)
+    keys = sorted(k for k in flat_base.keys() | flat_run.keys() if flat_base.get(k, _MISSING) != flat_run.get(k, _MISSING))
+    return pd.DataFrame({"key": keys, "base": [_text(flat_base.get(k, _MISSING)) for k in keys],
+                         "run": [_text(flat_run.get(k, _MISSING)) for k in keys]})
+
+
+_MISSING = object()
+
+
+def _text(value: Any) -> str:
+    return "(absent)" if value is _MISSING else str(value)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class RunDetail:
+    run_id: int
+    grid: str
+    row: str
+    seed: int
+    status: str
+    attempts: int
+    max_attempts: int
+    worker: str | None
+    device: str | None
+    stages: str
+    overrides: dict[str, Any]
+    config: dict[str, Any]
+    config_hash: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    git_commit: str | None
+    packages: dict[str, Any]
+    run_dir: str | None
+    grid_spec: dict[str, Any]
+    grid_path: str | None
+    metrics: dict[str, Any] | None
+    artifacts: list[tuple[str, str]] = field(default_factory=list)
+
+
+def run_detail(db: Database, run_id: int) -> RunDetail | None:
+    def _query(s: Session) -> RunDetail | None:
+        run = s.get(Run, run_id)
+        if run is None:
+            return None
+        metrics = None
+        if run.metrics is not None:
+            m = run.metrics
+            metrics = {c: getattr(m, c) for c in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100", "params",
+                                                  "gflops", "fps", "fps_device", "fps_dtype")}
+            metrics["extra"] = dict(m.extra or {})
+        artifacts = [(a.kind, a.path) for a in s.scalars(select(Artifact).where(Artifact.run_id == run_id)
+                                                          .order_by(Artifact.id))]
+        return RunDetail(
+            run.id, run.grid.name, run.row_name, run.seed, run.status, run.attempts, run.max_attempts, run.worker,
+            run.device, run.stages, dict(run.overrides), dict(run.config), run.config_hash, run.created_at,
+            run.started_at, run.finished_at, run.error, run.git_commit, dict(run.packages or {}), run.run_dir,
+            dict(run.grid.spec), run.grid.path, metrics, artifacts,
+        )
+
+    return db.read(_query)
+
+
+def scaled_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A run's metrics with AP in percent (None where missing or -1)."""
+    out = dict(metrics)
+    for key in AP_COLUMNS:
+        value = out.get(key)
+        out[key] = value * AP_SCALE if value is not None and value >= 0 else None
+    return out
+
+
+def train_records(db: Database, run_id: int) -> pd.DataFrame:
+    """Per-step records of a run's latest attempt, long format: ``step``, ``series``, ``value``.
+
+    Series are ``loss`` (the total), each named loss and ``lr``.
+    """
+
+    def _query(s: Session) -> list[tuple[int, float | None, float | None, dict[str, Any]]]:
+        latest = s.scalar(select(func.max(TrainRecord.attempt)).where(TrainRecord.run_id == run_id))
+        if latest is None:
+            return []
+        stmt = (select(TrainRecord.step, TrainRecord.loss, TrainRecord.lr, TrainRecord.losses)
+                .where(TrainRecord.run_id == run_id, TrainRecord.attempt == latest).order_by(TrainRecord.step))
+        return [tuple(r) for r in s.execute(stmt)]
+
+    rows = []
+    for step, loss, lr, losses in db.read(_query):
+        items = [("loss", loss), ("lr", lr), *sorted((losses or {}).items())]
+        rows += [{"step": step, "series": k, "value": float(v)} for k, v in items
+                 if v is not None and math.isfinite(float(v))]
+    return pd.DataFrame(rows, columns=["step", "series", "value"])
+
+
+def artifact_images(artifacts: list[tuple[str, str]], limit: int = 8) -> list[Path]:
+    """Image files among a run's visualization artifacts (a file, or the images in a folder)."""
+    found: list[Path] = []
+    for kind, path in artifacts:
+        if kind not in IMAGE_KINDS:
+            continue
+        p = Path(path)
+        if p.is_dir():
+            found += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            found.append(p)
+    return found[:limit]
+
+
+# --------------------------------------------------------------------------- queue
+
+
+def status_counts(db: Database) -> dict[str, int]:
+    """Runs per state, every state present (0 when none)."""
+    counts = dict(db.read(lambda s: [tuple(r) for r in s.execute(
+        select(Run.status, func.count()).group_by(Run.status))]))
+    return {status: int(counts.get(status, 0)) for status in STATUSES}
+
+
+def running_jobs(db: Database) -> pd.DataFrame:
+    """Running runs with worker, device, timings and training progress (last step / ``solver.max_iter``)."""
+
+    def _query(s: Session) -> list[dict[str, Any]]:
+        active = list(s.execute(select(Run, GridRecord.name).join(GridRecord, Run.grid_id == GridRecord.id)
+                                .where(Run.status == RUNNING).order_by(Run.started_at)))
+        ids = [run.id for run, _ in active]
+        steps = dict(s.execute(select(TrainRecord.run_id, func.max(TrainRecord.step))
+                               .where(TrainRecord.run_id.in_(ids)).group_by(TrainRecord.run_id)).all()) if ids else {}
+        now = utcnow()
+        out = []
+        for run, grid in active:
+            max_iter = (run.config.get("solver") or {}).get("max_iter") if "train" in run.stages.split(",") else None
+            step = steps.get(run.id)
+            progress = min(1.0, (step + 1) / max_iter) if step is not None and max_iter else None
+            out.append({
+                "run_id": run.id, "grid": grid, "row": run.row_name, "seed": run.seed, "worker": run.worker,
+                "device": run.device, "attempt": f"{run.attempts}/{run.max_attempts}", "stages": run.stages,
+                "step": step, "progress": progress,
+                "running_s": (now - run.started_at).total_seconds() if run.started_at else None,
+                "heartbeat_s": (now - run.heartbeat_at).total_seconds() if run.heartbeat_at else None,
+            })
+        return out
+
+    columns = ["run_id", "grid", "row", "seed", "worker", "device", "attempt", "stages", "step", "progress",
+               "running_s", "heartbeat_s"]
+    return pd.DataFrame(db.read(_query), columns=columns)
+
+
+def problem_runs(db: Database, limit: int = 50) -> pd.DataFrame:
+    """Failed runs, and queued or running ones retrying after an error, newest first, with the error text."""
+
+    def _query(s: Session) -> list[dict[str, Any]]:
+        stmt = (select(Run, GridRecord.name).join(GridRecord, Run.grid_id == GridRecord.id)
+                .where((Run.status == FAILED) | (Run.status.in_((QUEUED, RUNNING)) & Run.error.is_not(None)))
+                .order_by(Run.id.desc()).limit(limit))
+        return [{"run_id": run.id, "grid": grid, "row": run.row_name, "seed": run.seed, "status": run.status,
+                 "attempts": f"{run.attempts}/{run.max_attempts}", "worker": run.worker,
+                 "finished_at": run.finished_at, "error": run.error or ""} for run, grid in s.execute(stmt)]
+
+    columns = ["run_id", "grid", "row", "seed", "status", "attempts", "worker", "finished_at", "error"]
+    return pd.DataFrame(db.read(_query), columns=columns)
+
+
+def error_summary(error: str, lines: int = 1) -> str:
+    """The last non-empty line(s) of an error text (a traceback's exception line)."""
+    kept = [line for line in error.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+

@@ -1,0 +1,70 @@
+"""Table view: a grid as the paper prints it (rows = axis values, columns = metrics, mean ± std over
+seeds), with filters, sorting and CSV/Markdown/LaTeX downloads from ``runner.export.format_table``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data
+from dashboard.paper import PaperError, load_reported
+from dashboard.tables import filter_table, key_columns, sort_table
+from runner.db import Database
+from runner.export import TABLE_COLUMNS, format_table
+
+FORMATS = (("csv", "CSV", "text/csv"), ("md", "Markdown", "text/markdown"), ("latex", "LaTeX", "application/x-latex"))
+
+
+def render(db: Database, paper_path: Path) -> None:
+    st.header("Paper-style tables")
+    grids = data.grids(db)
+    grid = st.selectbox("Grid", [g.name for g in grids], key="table_grid")
+    info = next(g for g in grids if g.name == grid)
+    st.caption(f"Axes: {', '.join(info.axes) or '(explicit rows)'} · seeds {info.seeds} · stages {info.stages}"
+               + (f" · reference row: {info.reference}" if info.reference else ""))
+    full = data.table(db, grid)
+    if full.empty:
+        st.info(f"Grid {grid!r} has no rows.")
+        return
+
+    keys = key_columns(full)
+    filters = {}
+    with st.expander("Filters and sorting", expanded=False):
+        columns = st.columns(max(1, len(keys)))
+        for column, key in zip(columns, keys):
+            values = list(dict.fromkeys(full[key].map(str)))
+            filters[key] = column.multiselect(key, values, default=values, key=f"table_filter_{key}")
+        c1, c2, c3 = st.columns(3)
+        min_seeds = c1.number_input("At least this many seeds", 0, max(1, len(info.seeds)), 0, key="table_min_seeds")
+        sort_by = c2.selectbox("Sort by", ["(grid order)", *keys, *[c for c, _a, _d in TABLE_COLUMNS]],
+                               key="table_sort")
+        descending = c3.toggle("Descending", value=False, key="table_desc")
+    shown = sort_table(filter_table(full, filters, int(min_seeds)), None if sort_by == "(grid order)" else sort_by,
+                       not descending)
+    st.caption(f"{len(shown)} of {len(full)} rows · AP in percent · mean ± std over the succeeded seeds")
+    st.markdown(format_table(shown, "md"))
+
+    texts = {fmt: format_table(shown, fmt) for fmt, _label, _mime in FORMATS}
+    for column, (fmt, label, mime) in zip(st.columns([1, 1, 1, 3])[:3], FORMATS):
+        suffix = {"md": "md", "latex": "tex", "csv": "csv"}[fmt]
+        column.download_button(label, texts[fmt], f"{grid}.{suffix}", mime, key=f"table_dl_{fmt}")
+    with st.expander("Export text", expanded=False):
+        for tab, (fmt, _label, _mime) in zip(st.tabs([label for _f, label, _m in FORMATS]), FORMATS):
+            tab.code(texts[fmt], language={"csv": None, "md": "markdown", "latex": "latex"}[fmt])
+
+    _paper_rows(paper_path, grid)
+
+
+def _paper_rows(path: Path, grid: str) -> None:
+    try:
+        reported = load_reported(path)
+    except (FileNotFoundError, PaperError):
+        return
+    rows = reported[reported["grid"] == grid]
+    if rows.empty:
+        return
+    st.subheader("The paper's numbers for this grid")
+    metrics = [c for c in ("AP", "AP_S", "AP_M", "AP_L", "GFLOPs", "FPS") if rows[c].notna().any()]
+    st.dataframe(pd.DataFrame(rows[["table", "row", "row_name", *metrics]]), hide_index=True)

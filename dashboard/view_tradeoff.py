@@ -1,0 +1,92 @@
+"""Trade-off view: an accuracy metric against FPS or GFLOPs, curves, labels, Pareto front, paper overlay."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data
+from dashboard.figures import LEGEND_NOTE, figure_bytes, tradeoff_chart, tradeoff_figure
+from dashboard.paper import PaperError, load_reported, tables_for_grids
+from dashboard.tradeoff import X_AXES, Y_METRICS, TradeoffSpec, fps_settings, paper_points, tradeoff_points
+from runner.db import Database
+
+
+def render(db: Database, paper_path: Path) -> None:
+    st.header("Speed–accuracy trade-off")
+    results = data.grid_results(db)
+    grids = data.grids(db)
+    names = [g.name for g in grids]
+    chosen = st.multiselect("Grids", names, default=names, key="tradeoff_grids")
+    axes = list(dict.fromkeys(axis for g in grids if g.name in chosen for axis in g.axes))
+    c1, c2, c3, c4 = st.columns(4)
+    y = c1.selectbox("Accuracy", Y_METRICS, key="tradeoff_y")
+    x = c2.radio("Against", list(X_AXES), horizontal=True, key="tradeoff_x")
+    curve_by = c3.selectbox("One curve per", ["grid", *axes], index=0 if len(chosen) > 1 or len(axes) < 2 else 1,
+                            key="tradeoff_curve")
+    label_by = c4.selectbox("Label points by", ["axes", "row", *axes], key="tradeoff_label",
+                            format_func=lambda v: "the grid's axis values" if v == "axes" else v)
+    results = results[results["grid"].isin(chosen)]
+
+    device = dtype = None
+    x_title = "GFLOPs" if x == "GFLOPs" else "FPS"
+    if x == "FPS":
+        settings = fps_settings(results)
+        if settings:
+            device, dtype = st.selectbox("FPS measured on", settings, format_func=lambda p: f"{p[0]} · {p[1]}",
+                                         key="tradeoff_fps")
+            x_title = f"FPS ({device}, {dtype}, batch 1)"
+    spec = TradeoffSpec(y=y, x=x, curve_by=curve_by, label_by=label_by, fps_device=device, fps_dtype=dtype)
+    points = tradeoff_points(results, spec, {g.name: g.axes for g in grids})
+    paper = _paper_overlay(paper_path, spec, chosen, points)
+
+    if points.empty and paper.empty:
+        st.info(f"No succeeded run of the chosen grids has both {y} and {x} yet (runs need the eval stage "
+                f"for AP and the {'bench' if x == 'FPS' else 'analyze'} stage for {x}).")
+        return
+    curve_title = curve_by if curve_by != "grid" else "grid"
+    st.altair_chart(tradeoff_chart(points, paper, spec, x_title, curve_title), width="stretch",
+                    key="tradeoff_chart")
+    st.caption(LEGEND_NOTE + (" · paper FPS: V100, batch 1" if x == "FPS" and not paper.empty else ""))
+    d1, d2, _ = st.columns([1, 1, 4])
+    stem = f"tradeoff_{y}_vs_{x}"
+    for column, fmt, mime in ((d1, "png", "image/png"), (d2, "pdf", "application/pdf")):
+        # Rendered only when clicked (matplotlib takes a second or two).
+        render_file = partial(_figure_file, points, paper, spec, x_title, curve_title, fmt)
+        column.download_button(fmt.upper(), render_file, f"{stem}.{fmt}", mime, on_click="ignore",
+                               key=f"tradeoff_{fmt}")
+    with st.expander("Points", expanded=False):
+        st.dataframe(points, hide_index=True)
+        if not paper.empty:
+            st.caption("The paper's points")
+            st.dataframe(paper, hide_index=True)
+
+
+def _figure_file(points: pd.DataFrame, paper: pd.DataFrame, spec: TradeoffSpec, x_title: str, curve_title: str,
+                 fmt: str) -> bytes:
+    return figure_bytes(tradeoff_figure(points, paper, spec, x_title, curve_title), fmt)
+
+
+def _paper_overlay(path: Path, spec: TradeoffSpec, grids: list[str], points: pd.DataFrame) -> pd.DataFrame:
+    """The paper points the user asks for (and a note when there are none to show)."""
+    empty = paper_points(pd.DataFrame(), spec, [], points)
+    try:
+        reported = load_reported(path)
+    except FileNotFoundError:
+        st.caption(f"Paper overlay: no reported numbers at `{path}`, so the paper's points are not shown.")
+        return empty
+    except PaperError as exc:
+        st.warning(f"Paper overlay off: {exc}")
+        return empty
+    c1, c2 = st.columns([1, 3])
+    if not c1.toggle("Overlay the paper's numbers", value=True, key="tradeoff_overlay"):
+        return empty
+    tables = list(dict.fromkeys(reported["table"]))
+    chosen = c2.multiselect("Paper tables", tables, default=tables_for_grids(reported, grids), key="tradeoff_tables")
+    paper = paper_points(reported, spec, chosen, points)
+    if paper.empty:
+        st.caption(f"Paper overlay: `{path.name}` has no {spec.y}/{spec.x} numbers for these grids or tables.")
+    return paper
