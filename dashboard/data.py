@@ -320,8 +320,8 @@ def running_jobs(db: Database) -> pd.DataFrame:
             })
         return out
 
-    columns = ["run_id", "grid", "row", "seed", "worker", "device", "attempt", "stages", "step", "progress",
-               "running_s", "heartbeat_s"]
+    columns = ["run_id", "grid", "row", "seed", "progress", "step", "worker", "device", "attempt", "running_s",
+               "heartbeat_s", "stages"]
     return pd.DataFrame(db.read(_query), columns=columns)
 
 

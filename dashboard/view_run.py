@@ -19,9 +19,12 @@ def render(db: Database) -> None:
     runs = data.runs(db)
     labels = {int(r.run_id): f"#{r.run_id} · {r.grid} / {r.row} · seed {r.seed} · {r.status}"
               for r in runs.itertuples()}
+    ids = list(labels)
+    wanted = st.query_params.get("run", "")  # a link to one run: ?view=Run&run=12
     succeeded = [i for i, status in enumerate(runs["status"]) if status == SUCCEEDED]
-    run_id = st.selectbox("Run", list(labels), index=succeeded[0] if succeeded else 0,
-                          format_func=labels.get, key="run", bind="query-params")
+    index = ids.index(int(wanted)) if wanted.isdigit() and int(wanted) in labels else (succeeded or [0])[0]
+    run_id = st.selectbox("Run", ids, index=index, format_func=labels.get, key="run")
+    st.query_params["run"] = str(run_id)
     detail = data.run_detail(db, int(run_id)) if run_id is not None else None
     if detail is None:
         st.info("Choose a run.")
@@ -46,7 +49,8 @@ def render(db: Database) -> None:
     else:
         m = data.scaled_metrics(detail.metrics)
         shown = {k: m[k] for k in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100", "params", "gflops", "fps")}
-        st.dataframe(pd.DataFrame([shown]), hide_index=True)
+        st.dataframe(pd.DataFrame([shown]), hide_index=True, column_config={
+            k: st.column_config.NumberColumn(format="%d" if k == "params" else "%.2f") for k in shown})
         if m.get("fps") is not None:
             st.caption(f"FPS measured on {m['fps_device'] or '?'} in {m['fps_dtype'] or '?'}, batch 1")
         with st.expander("Other results (extra)"):

@@ -20,7 +20,10 @@ FORMATS = (("csv", "CSV", "text/csv"), ("md", "Markdown", "text/markdown"), ("la
 def render(db: Database, paper_path: Path) -> None:
     st.header("Paper-style tables")
     grids = data.grids(db)
-    grid = st.selectbox("Grid", [g.name for g in grids], key="table_grid")
+    names = [g.name for g in grids]
+    wanted = st.query_params.get("grid", "")  # a link to one grid's table: ?view=Table&grid=NAME
+    grid = st.selectbox("Grid", names, index=names.index(wanted) if wanted in names else 0, key="table_grid")
+    st.query_params["grid"] = grid
     info = next(g for g in grids if g.name == grid)
     st.caption(f"Axes: {', '.join(info.axes) or '(explicit rows)'} · seeds {info.seeds} · stages {info.stages}"
                + (f" · reference row: {info.reference}" if info.reference else ""))
