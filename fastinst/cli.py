@@ -14,6 +14,7 @@ from fastinst.config import ConfigError
 
 COMMANDS = [
     "fastinst.commands.analyze",
+    "fastinst.commands.analyze_grid",
     "fastinst.commands.evaluate",
     "fastinst.commands.make_synthetic",
 ]

@@ -27,6 +27,7 @@ DecoderUpdate = Literal["dual_pixel_then_query", "dual_query_then_pixel", "singl
 PixelDecoderName = Literal["ppm_fpn", "fpn", "transformer_encoder", "msdeform_attn"]
 BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet50d_dcn"]
 QuerySource = Literal["E3", "E4", "E5"]
+DecoderName = Literal["fastinst", "mask2former"]
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,9 @@ class PixelDecoderConfig:
 
 @dataclass
 class DecoderConfig:
+    # "mask2former": Table 1's Mask2Former-light decoder (learnable queries, masked cross-attention
+    # cycling over E5/E4/E3, one shared head set; see experiments/configs/mask2former_light.yaml).
+    name: DecoderName = "fastinst"
     num_layers: int = 3
     update: DecoderUpdate = "dual_pixel_then_query"
     gt_mask_guidance: bool = True
@@ -377,6 +381,27 @@ def validate(cfg: Config) -> None:
         checks.append((cfg.loss.ia.assignment == "hungarian" and cfg.loss.ia.location_cost,
                        f"loss.ia.* (IA-q loss, location cost) only applies to model.query_init=ia_guided, "
                        f"not {m.query_init!r}"))
+    p = m.pixel_decoder
+    if p.name in ("transformer_encoder", "msdeform_attn"):
+        checks += [
+            (p.num_encoder_layers >= 1, f"model.pixel_decoder.num_encoder_layers must be >= 1 for {p.name}"),
+            (p.num_heads >= 1 and m.hidden_dim % p.num_heads == 0,
+             f"model.hidden_dim must be divisible by model.pixel_decoder.num_heads ({p.num_heads}) for {p.name}"),
+            (p.dim_feedforward >= 1, "model.pixel_decoder.dim_feedforward must be >= 1"),
+        ]
+    if p.name == "msdeform_attn":
+        checks.append((p.num_points >= 1, "model.pixel_decoder.num_points must be >= 1"))
+    if m.decoder.name == "mask2former":
+        m2f = "model.decoder.name=mask2former (Mask2Former-light)"
+        checks += [
+            (m.query_init != "ia_guided",
+             f"{m2f} has no IA-guided queries: set model.query_init to learnable (its own), zero or resize"),
+            (not m.decoder.gt_mask_guidance, f"{m2f} has no GT-mask-guided learning: set "
+             "model.decoder.gt_mask_guidance=false"),
+            (m.decoder.update == "single_query", f"{m2f} updates only the queries: set "
+             f"model.decoder.update=single_query (got {m.decoder.update})"),
+            (m.num_aux_queries == 0, f"{m2f} has no auxiliary queries: set model.num_aux_queries=0"),
+        ]
     if cfg.loss.ia.assignment == "semantic":
         checks.append((not cfg.loss.ia.location_cost,
                        "loss.ia.location_cost=true needs loss.ia.assignment=hungarian (dense semantic "

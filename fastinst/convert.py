@@ -24,7 +24,7 @@ _RULES: list[tuple[str, str]] = [
         (rf"^sem_seg_head\.pixel_decoder\.adapter_{idx}\.", f"pixel_decoder.lateral_convs.res{level}."),
         (rf"^sem_seg_head\.pixel_decoder\.layer_{idx}\.", f"pixel_decoder.output_convs.res{level}."),
     )],
-    (r"^sem_seg_head\.pixel_decoder\.ppm\.", "pixel_decoder.ppm."),
+    (r"^sem_seg_head\.pixel_decoder\.ppm\.", "pixel_decoder.context."),
     # decoder
     (r"^sem_seg_head\.predictor\.meta_pos_embed$", "decoder.pos_grid.grid"),
     (r"^sem_seg_head\.predictor\.empty_query_features\.", "decoder.aux_query_features."),

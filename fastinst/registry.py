@@ -36,4 +36,5 @@ class Registry:
 
 BACKBONES = Registry("backbone")
 PIXEL_DECODERS = Registry("pixel decoder")
+DECODERS = Registry("decoder")
 QUERY_INITS = Registry("query init")

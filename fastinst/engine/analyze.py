@@ -14,14 +14,16 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, images: list[torch.Tensor]) -> FlopCounter:
-    """FLOPs of one eval-mode ``model(images)`` call, post-processing included."""
+def count_flops(model: nn.Module, images: list[torch.Tensor],
+                output_sizes: list[tuple[int, int]] | None = None) -> FlopCounter:
+    """FLOPs of one eval-mode ``model(images)`` call, post-processing (masks resized to
+    ``output_sizes``, default the input sizes) included."""
     model.eval()
     scopes = {name: getattr(model, name) for name in ("backbone", "pixel_decoder", "decoder")
               if hasattr(model, name)}
     counter = FlopCounter()
     with torch.no_grad(), counter.track(scopes), counter:
-        model(images)
+        model(images, output_sizes=output_sizes)
     return counter
 
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from fastinst.config import Config
-from fastinst.modeling import pixel_decoders, query_init  # noqa: F401  (register alternatives)
+from fastinst.modeling import (  # noqa: F401  (register the alternatives)
+    decoder,
+    mask2former_decoder,
+    pixel_decoders,
+    query_init,
+)
 from fastinst.modeling.meta_arch import FastInst
 
 

@@ -1,7 +1,9 @@
 """ResNet backbones from torchvision with frozen batch norm, returning res3/res4/res5.
 
 Matches the official FastInst R50/R101 (detectron2 ResNet with the stride on the 3x3 conv, i.e.
-torchvision's layout; FrozenBN whose statistics and affine are buffers; FREEZE_AT 0).
+torchvision's layout; FrozenBN whose statistics and affine are buffers; FREEZE_AT 0), and builds
+R50-d-DCN (timm's ResNet-50-D layout: deep stem, avg-pool shortcut; deformable conv v1 in every
+res4/res5 bottleneck).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
+from torchvision.ops import deform_conv2d
 
 from fastinst.config import BackboneConfig
 from fastinst.registry import BACKBONES
@@ -67,11 +70,14 @@ class ResNetBackbone(nn.Module):
         return {"res3": res3, "res4": res4, "res5": res5}
 
 
-def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> None:
-    """Load ImageNet weights (``"imagenet"``: torchvision weights API) or a local state-dict file."""
+def load_backbone_weights(backbone: nn.Module, name: str, weights: str, optional: tuple[str, ...] = ()) -> None:
+    """Load ImageNet weights (``"imagenet"``: torchvision weights API) or a local state-dict file.
+
+    Keys containing one of ``optional`` (e.g. DCN offsets, absent from ImageNet weights) may be missing.
+    """
     if weights == "imagenet":
         if name not in IMAGENET_WEIGHTS:
-            raise ValueError(f"model.backbone.weights=imagenet is not available for {name!r}")
+            raise ValueError(f"model.backbone.weights=imagenet is not available for {name!r}; pass a local file")
         state = torchvision.models.get_weight(IMAGENET_WEIGHTS[name]).get_state_dict(progress=True)
     else:
         path = Path(weights)
@@ -81,7 +87,7 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str) -> None:
         state = state.get("state_dict", state.get("model", state))
     state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("fc.")}
     missing, unexpected = backbone.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    missing = [k for k in missing if not k.endswith("num_batches_tracked") and not any(o in k for o in optional)]
     if missing or unexpected:
         raise ValueError(f"backbone weights {weights}: missing keys {missing[:5]}, unexpected {unexpected[:5]}")
 
@@ -99,6 +105,61 @@ def _torchvision_resnet(arch: str):
 
 for _arch in ("resnet18", "resnet34", "resnet50", "resnet101"):
     BACKBONES.register(_arch)(_torchvision_resnet(_arch))
+
+
+class DeformConv3x3(nn.Module):
+    """Deformable conv v1 (one offset group, no modulation): ``(B, Cin, H, W)`` → ``(B, Cout, H/s, W/s)``.
+
+    The offset branch is a plain 3x3 conv with bias giving 18 channels, zero-initialised, so the
+    layer starts as the regular conv. Keys: ``weight`` (the conv's) and ``offset.{weight,bias}``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.offset = nn.Conv2d(in_channels, 18, 3, stride=stride, padding=1)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return deform_conv2d(x, self.offset(x), self.weight, stride=self.stride, padding=1)
+
+
+def _deep_stem() -> nn.Sequential:
+    """ResNet-D stem before ``bn1``: 3x3 convs 3→32 (stride 2) → 32 → 64, BN+ReLU between them."""
+    layers: list[nn.Module] = []
+    for i, (cin, cout) in enumerate(((3, 32), (32, 32), (32, 64))):
+        layers.append(nn.Conv2d(cin, cout, 3, stride=2 if i == 0 else 1, padding=1, bias=False))
+        if i < 2:
+            layers += [FrozenBatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def _avg_down(block: torchvision.models.resnet.Bottleneck) -> nn.Sequential:
+    """ResNet-D shortcut: 2x2 avg-pool (stride-2 blocks only) → 1x1 conv → BN, keys as timm's."""
+    conv = block.downsample[0]
+    stride = conv.stride[0]
+    pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+    return nn.Sequential(pool, nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=False),
+                         FrozenBatchNorm2d(conv.out_channels))
+
+
+@BACKBONES.register("resnet50d_dcn")
+def build_resnet50d_dcn(cfg: BackboneConfig) -> ResNetBackbone:
+    """ResNet-50-D with deformable 3x3 convs in res4/res5; weights: a local timm ``resnet50d`` state dict."""
+    resnet = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    resnet.conv1 = _deep_stem()
+    for layer in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
+        layer[0].downsample = _avg_down(layer[0])
+    for layer in (resnet.layer3, resnet.layer4):
+        for block in layer:
+            block.conv2 = DeformConv3x3(block.conv2.in_channels, block.conv2.out_channels, block.conv2.stride[0])
+    backbone = ResNetBackbone(resnet, cfg.freeze_at)
+    if cfg.weights is not None:
+        load_backbone_weights(backbone, "resnet50d_dcn", cfg.weights, optional=(".conv2.offset.",))
+    return backbone
 
 
 def build_backbone(cfg: BackboneConfig) -> nn.Module:

@@ -11,7 +11,7 @@ from fastinst.config import ModelConfig
 from fastinst.modeling.heads import PredictionHead, gt_attention_mask, predicted_attention_mask
 from fastinst.modeling.layers import AttentionBlock, FFNBlock
 from fastinst.modeling.positional import PositionalGrid
-from fastinst.registry import QUERY_INITS
+from fastinst.registry import DECODERS, QUERY_INITS
 
 Matcher = Callable[[dict, list[dict]], list[tuple[Tensor, Tensor]]]
 
@@ -56,12 +56,14 @@ class DecoderLayer(nn.Module):
         return q, x
 
 
+@DECODERS.register("fastinst")
 class FastInstDecoder(nn.Module):
     """``[E5, E4, E3]`` → per-stage class and mask predictions (spec §3-§4).
 
     Outputs: ``pred_logits (B, Na, K+1)``, ``pred_masks (B, Na, H3, W3)`` of the last stage and
     ``aux_outputs``: in training ``[guided_1..guided_D, pred_0..pred_{D-1}]``, in eval
-    ``[pred_0..pred_{D-1}]``; IA-guided init adds ``ia_logits``, ``query_index``, ``query_locations``.
+    ``[pred_0..pred_{D-1}]`` (none for ``single_pixel``, whose layers need no predicted masks);
+    IA-guided init adds ``ia_logits``, ``query_index``, ``query_locations``.
     """
 
     def __init__(self, cfg: ModelConfig, matcher: Matcher | None = None) -> None:
@@ -105,14 +107,19 @@ class FastInstDecoder(nn.Module):
         pos_x = self.pos_grid(hw[0], hw[1], e3.device).flatten(2).transpose(1, 2)
         num_layers = len(self.layers)
         with_class = self.training or all_stage_logits
+        # In eval, intermediate masks are only needed by the masked attention of a query path.
+        keep = with_class or any(layer.update_queries for layer in self.layers)
 
-        stages = [self._predict(0, q, x, hw, with_class or num_layers == 0)]
+        stages = [self._predict(0, q, x, hw, with_class or num_layers == 0)] if keep or num_layers == 0 else []
         layer_outputs = []
         for i, layer in enumerate(self.layers):
-            attn_mask = predicted_attention_mask(stages[-1]["pred_masks"], self.num_aux, self.num_heads)
+            attn_mask = None
+            if layer.update_queries:
+                attn_mask = predicted_attention_mask(stages[-1]["pred_masks"], self.num_aux, self.num_heads)
             q, x = layer(q, x, pos_q, pos_x, attn_mask)
             layer_outputs.append((q, x))
-            stages.append(self._predict(i + 1, q, x, hw, with_class or i == num_layers - 1))
+            if keep or i == num_layers - 1:
+                stages.append(self._predict(i + 1, q, x, hw, with_class or i == num_layers - 1))
 
         locations = init.locations
         for stage in stages:

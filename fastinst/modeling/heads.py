@@ -12,15 +12,17 @@ from fastinst.modeling.layers import MLP
 class PredictionHead(nn.Module):
     """One head set: LayerNorm on the Na queries, class MLP, mask-embedding MLP, pixel Linear.
 
+    ``class_layers=1`` gives Mask2Former's Linear class head; ``project_pixels=False`` takes the pixels
+    as mask features without the Linear.
     ``queries (B, Na, C)``, ``pixels (B, L, C)`` → ``logits (B, Na, K+1)`` (or None), ``masks (B, Na, h, w)``.
     """
 
-    def __init__(self, dim: int, num_classes: int) -> None:
+    def __init__(self, dim: int, num_classes: int, class_layers: int = 3, project_pixels: bool = True) -> None:
         super().__init__()
         self.query_norm = nn.LayerNorm(dim)
-        self.class_embed = MLP(dim, dim, num_classes + 1, 3)
+        self.class_embed = MLP(dim, dim, num_classes + 1, class_layers)
         self.mask_embed = MLP(dim, dim, dim, 3)
-        self.pixel_proj = nn.Linear(dim, dim)
+        self.pixel_proj = nn.Linear(dim, dim) if project_pixels else nn.Identity()
 
     def forward(self, queries: Tensor, pixels: Tensor, hw: tuple[int, int],
                 with_class: bool = True) -> tuple[Tensor | None, Tensor]:
@@ -36,12 +38,17 @@ def _finish_mask(blocked: Tensor, num_heads: int) -> Tensor:
     return blocked.repeat_interleave(num_heads, dim=0).detach()
 
 
-def predicted_attention_mask(mask_logits: Tensor, num_aux: int, num_heads: int) -> Tensor:
+def predicted_attention_mask(mask_logits: Tensor, num_aux: int, num_heads: int,
+                             size: tuple[int, int] | None = None) -> Tensor:
     """Block pixels whose previous mask logit is < 0; auxiliary rows never blocked.
 
-    ``mask_logits (B, Na, h, w)`` → ``(B·heads, Na+Nb, h·w)`` bool, True = blocked.
+    ``mask_logits (B, Na, h, w)`` → ``(B·heads, Na+Nb, h·w)`` bool, True = blocked; with ``size`` the
+    logits are first resized bilinearly to it (Mask2Former's per-level masks), giving ``size``'s h·w.
     """
-    padded = F.pad(mask_logits.detach(), (0, 0, 0, 0, 0, num_aux), value=1.0)
+    mask_logits = mask_logits.detach()
+    if size is not None:
+        mask_logits = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
+    padded = F.pad(mask_logits, (0, 0, 0, 0, 0, num_aux), value=1.0)
     return _finish_mask(padded.flatten(2) < 0, num_heads)
 
 

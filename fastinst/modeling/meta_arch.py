@@ -9,10 +9,9 @@ from torch import Tensor, nn
 from fastinst.config import Config
 from fastinst.modeling.backbone import build_backbone
 from fastinst.modeling.criterion import SetCriterion
-from fastinst.modeling.decoder import FastInstDecoder
 from fastinst.modeling.matcher import HungarianMatcher
 from fastinst.modeling.postprocess import instance_inference, resize_mask_logits
-from fastinst.registry import PIXEL_DECODERS
+from fastinst.registry import DECODERS, PIXEL_DECODERS
 
 
 class FastInst(nn.Module):
@@ -29,9 +28,10 @@ class FastInst(nn.Module):
         self.backbone = build_backbone(m.backbone)
         self.pixel_decoder = PIXEL_DECODERS.get(m.pixel_decoder.name)(m, self.backbone.out_channels)
         loss = cfg.loss
-        matcher = HungarianMatcher(loss.class_weight, loss.mask_weight, loss.dice_weight,
-                                   loss.location_weight if loss.ia.location_cost else 0.0, loss.num_points)
-        self.decoder = FastInstDecoder(m, matcher)
+        # loss.ia.location_cost concerns the IA-q matcher only (Table 6f); this one always has it.
+        matcher = HungarianMatcher(loss.class_weight, loss.mask_weight, loss.dice_weight, loss.location_weight,
+                                   loss.num_points)
+        self.decoder = DECODERS.get(m.decoder.name)(m, matcher)
         self.criterion = SetCriterion(m.num_classes, matcher, loss, use_ia_loss=m.query_init == "ia_guided")
 
     def forward_head(self, features: dict[str, Tensor], targets: list[dict] | None = None,
