@@ -17,6 +17,8 @@ COMMANDS = [
     "fastinst.commands.analyze_grid",
     "fastinst.commands.evaluate",
     "fastinst.commands.make_synthetic",
+    "fastinst.commands.train",
+    "fastinst.commands.bench",
 ]
 
 

@@ -142,6 +142,8 @@ class SolverConfig:
     steps: list[float] = field(default_factory=lambda: [0.889, 0.963])
     gamma: float = 0.1
     warmup_iters: int = 10
+    # Linear warmup from this fraction of the lr (official 1.0: no warmup in effect).
+    warmup_factor: float = 1.0
     # 0 disables clipping, as in the official FastInst config.
     clip_grad_norm: float = 0.0
     amp: bool = True
@@ -371,6 +373,7 @@ def validate(cfg: Config) -> None:
         (all(0.0 < s <= 1.0 for s in cfg.solver.steps), "solver.steps are fractions of max_iter in (0, 1]"),
         (cfg.solver.batch_size >= 1, "solver.batch_size must be >= 1"),
         (cfg.solver.max_iter >= 1, "solver.max_iter must be >= 1"),
+        (0.0 <= cfg.solver.warmup_factor <= 1.0, "solver.warmup_factor must be in [0, 1]"),
         (len(cfg.input.crop_size) == 2 and cfg.input.crop_size[0] <= cfg.input.crop_size[1],
          "input.crop_size must be [min, max]"),
         (len(cfg.input.min_size_train) >= 1, "input.min_size_train needs at least one size"),

@@ -1,0 +1,95 @@
+"""Inference speed as the paper measures it (spec §9).
+
+Batch 1, eval mode, test-resized val images preloaded in memory (data loading excluded). Each
+timed call is ``model([image.to(device)], output_sizes=[original size])`` between two device
+synchronisations: host-to-device copy, normalise/pad, forward and post-processing up to
+original-size masks. The first ``warmup`` images are run once untimed first. FPS = 1 / mean time.
+Half precisions run under autocast (weights stay float32), as in mixed-precision training.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+from fastinst.config import Config
+from fastinst.data.coco import CocoInstanceDataset
+from fastinst.data.spec import DataSpec
+from fastinst.data.transforms import EvalTransform
+from fastinst.engine.evaluate import load_weights
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def device_name(device: torch.device) -> str:
+    """GPU name, or the CPU model from /proc/cpuinfo (platform string as a fallback)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_images(cfg: Config, data: DataSpec, count: int) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """The first ``count`` val images, test-resized ``(3, h, w)``, with their original ``(H, W)``."""
+    json_path, image_dir = data.split("val")
+    dataset = CocoInstanceDataset(json_path, image_dir, transform=EvalTransform(cfg))
+    return [(item["image"], tuple(item["orig_size"])) for item in (dataset[i] for i in range(min(count, len(dataset))))]
+
+
+@torch.inference_mode()
+def time_model(model: torch.nn.Module, images: list[tuple[torch.Tensor, tuple[int, int]]], device: torch.device,
+               dtype: torch.dtype, warmup: int) -> list[float]:
+    """Seconds per call of ``model`` on each image (after ``warmup`` untimed calls)."""
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    times = []
+    with autocast:
+        for image, size in images[:warmup]:
+            model([image.to(device)], output_sizes=[size])
+        for image, size in images:
+            _sync(device)
+            start = time.perf_counter()
+            model([image.to(device)], output_sizes=[size])
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def bench(cfg: Config, weights: str | Path | None, data: DataSpec, images: int = 100,
+          device: str | torch.device | None = None, dtype: str = "float32", warmup: int = 5) -> dict[str, Any]:
+    """FPS and latency of ``cfg`` (with ``weights``; ``None``: as initialised, the speed is the same)
+    over the first ``images`` val images of ``data``."""
+    from fastinst import build_model
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    dev = torch.device(device) if device is not None else \
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    samples = load_images(cfg, data, images)
+    if not samples:
+        raise ValueError("bench needs at least one val image")
+    model = build_model(cfg)
+    if weights is not None:
+        load_weights(model, weights)
+    model.to(dev).eval()
+    times = time_model(model, samples, dev, DTYPES[dtype], warmup)
+    mean = statistics.fmean(times)
+    return {"fps": 1.0 / mean, "mean_ms": 1000 * mean, "median_ms": 1000 * statistics.median(times),
+            "num_images": len(times), "warmup": warmup, "device": device_name(dev), "device_type": dev.type,
+            "dtype": dtype, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "test_size": [cfg.input.min_size_test, cfg.input.max_size_test],
+            "weights": None if weights is None else str(weights)}
