@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from fastinst.config import ConfigError
 from fastinst.grid import GridError, load_grid
@@ -99,8 +102,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     url = resolve_url(args.db)
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboard" / "app.py"),
-           "--server.address", args.host, "--server.port", str(args.port), "--", "--db", url]
-    return subprocess.call(cmd)
+           "--server.address", args.host, "--server.port", str(args.port), "--"]
+    # A URL with a password goes through the environment only (command lines are world-readable).
+    if make_url(url).password is None:
+        cmd += ["--db", url]
+    return subprocess.call(cmd, env={**os.environ, "FASTINST_DB": url})
 
 
 def build_parser() -> argparse.ArgumentParser:
