@@ -115,6 +115,8 @@ def grid_table(db: Database, grid: str) -> pd.DataFrame:
         entry["seeds"] = len(per_seed)
         for column, attr, _digits in TABLE_COLUMNS:
             values = pd.Series([getattr(m, attr) for m in per_seed], dtype="float64").dropna()
+            if column.startswith("AP"):  # pycocotools reports -1 where an area range has no objects
+                values = values[values >= 0]
             entry[column] = values.mean() if len(values) else math.nan
             entry[f"{column}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
         out.append(entry)

@@ -89,7 +89,7 @@ def test_grid_table_mean_and_std_over_seeds(tmp_path: Path) -> None:
     _fake_results(db, {
         (1, 0): {"AP": 30.0, "AP_S": 10.0, "AP_M": 20.0, "AP_L": 40.0, "gflops": 50.0, "fps": 20.0},
         (1, 1): {"AP": 32.0, "AP_S": 12.0, "AP_M": 22.0, "AP_L": 42.0, "gflops": 50.0, "fps": 22.0},
-        (3, 0): {"AP": 35.0, "AP_S": 15.0, "AP_M": 25.0, "AP_L": 45.0, "gflops": 60.0, "fps": 15.0},
+        (3, 0): {"AP": 35.0, "AP_S": -1.0, "AP_M": 25.0, "AP_L": 45.0, "gflops": 60.0, "fps": 15.0},
     })
     queue.submit(db, grid)  # nothing new: the table reads what is there
     table = grid_table(db, "layers")
@@ -100,7 +100,7 @@ def test_grid_table_mean_and_std_over_seeds(tmp_path: Path) -> None:
     md = format_table(table, "md")
     assert md.splitlines()[0] == "| model.decoder.num_layers | AP | AP_S | AP_M | AP_L | GFLOPs | FPS |"
     assert md.splitlines()[2] == "| 1 | 31.0 ± 1.4 | 11.0 ± 1.4 | 21.0 ± 1.4 | 41.0 ± 1.4 | 50.0 ± 0.0 | 21.0 ± 1.4 |"
-    assert md.splitlines()[3] == "| 3 | 35.0 | 15.0 | 25.0 | 45.0 | 60.0 | 15.0 |"
+    assert md.splitlines()[3] == "| 3 | 35.0 | – | 25.0 | 45.0 | 60.0 | 15.0 |"  # -1: no small objects
     latex = format_table(table, "latex")
     assert r"model.decoder.num\_layers & AP & AP\_S" in latex and r"31.0 $\pm$ 1.4" in latex
     csv = format_table(table, "csv").splitlines()
