@@ -12,6 +12,7 @@ only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -399,28 +400,33 @@ def _train(cfg: Config, data: DataSpec, out: Path, on_record: Callable[[Record],
         set_rng_state(rng)
     else:
         seed_everything(cfg.seed + d.rank)
-    handler = _log_file(out) if d.main else None
-    started = time.perf_counter()
-    try:
+    with _log_file(out if d.main else None):
+        started = time.perf_counter()
         metrics = _loop(cfg, data, model, state, batches, stop, d, amp, write, out, progress)
-    finally:
-        if handler is not None:
-            logging.getLogger("fastinst").removeHandler(handler)
-            handler.close()
     final = state.iteration >= s.max_iter
     path = out / (FINAL_CHECKPOINT if final else f"model_{state.iteration:07d}.pth")
     return {"checkpoint": str(path), "iterations": state.iteration, "finished": final,
             "seconds": time.perf_counter() - started, "world_size": d.world_size, **metrics}
 
 
-def _log_file(out: Path) -> logging.Handler:
+@contextlib.contextmanager
+def _log_file(out: Path | None) -> Iterator[None]:
+    """Copy the ``fastinst`` loggers' INFO messages to ``out/log.txt`` (nothing if ``out`` is None)."""
+    if out is None:
+        yield
+        return
     handler = logging.FileHandler(out / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package = logging.getLogger("fastinst")
+    level = package.level
     package.addHandler(handler)
-    if package.getEffectiveLevel() > logging.INFO:
-        package.setLevel(logging.INFO)
-    return handler
+    package.setLevel(min(package.getEffectiveLevel(), logging.INFO))
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
+        handler.close()
 
 
 def _loop(cfg: Config, data: DataSpec, model: nn.Module, state: TrainState,
