@@ -132,8 +132,8 @@ def grid_results(db: Database) -> pd.DataFrame:
 
 
 def table(db: Database, grid: str) -> pd.DataFrame:
-    """``runner.export.grid_table`` (mean and std over seeds) with AP in percent."""
-    return scale_ap(grid_table(db, grid))
+    """``runner.export.grid_table``: mean and std over seeds, AP already in percent."""
+    return grid_table(db, grid)
 
 
 # --------------------------------------------------------------------------- grids

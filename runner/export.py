@@ -78,8 +78,12 @@ def status_frame(db: Database, grid: str | None = None) -> pd.DataFrame:
     return table.reset_index()
 
 
+AP_PERCENT = 100.0  # the database stores pycocotools' fractions; tables print AP in percent, as the paper
+
+
 def grid_table(db: Database, grid: str) -> pd.DataFrame:
-    """The grid's rows (in grid order) × AP, AP_S, AP_M, AP_L, GFLOPs, FPS: mean and std over seeds.
+    """The grid's rows (in grid order) × AP, AP_S, AP_M, AP_L (in percent), GFLOPs, FPS: mean and std
+    over seeds.
 
     Index columns are ``row`` (when the grid has explicit rows) and one column per axis key. For
     each metric there is a mean column (``AP``) and a std column (``AP_std``, NaN for one seed);
@@ -116,7 +120,7 @@ def grid_table(db: Database, grid: str) -> pd.DataFrame:
         for column, attr, _digits in TABLE_COLUMNS:
             values = pd.Series([getattr(m, attr) for m in per_seed], dtype="float64").dropna()
             if column.startswith("AP"):  # pycocotools reports -1 where an area range has no objects
-                values = values[values >= 0]
+                values = values[values >= 0] * AP_PERCENT
             entry[column] = values.mean() if len(values) else math.nan
             entry[f"{column}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
         out.append(entry)

@@ -87,15 +87,16 @@ def test_grid_table_mean_and_std_over_seeds(tmp_path: Path) -> None:
                                 extra="axes:\n  model.decoder.num_layers: [1, 3]\n"))
     queue.submit(db, grid)
     _fake_results(db, {
-        (1, 0): {"AP": 30.0, "AP_S": 10.0, "AP_M": 20.0, "AP_L": 40.0, "gflops": 50.0, "fps": 20.0},
-        (1, 1): {"AP": 32.0, "AP_S": 12.0, "AP_M": 22.0, "AP_L": 42.0, "gflops": 50.0, "fps": 22.0},
-        (3, 0): {"AP": 35.0, "AP_S": -1.0, "AP_M": 25.0, "AP_L": 45.0, "gflops": 60.0, "fps": 15.0},
+        # the database holds pycocotools' fractions; the table prints percent
+        (1, 0): {"AP": 0.30, "AP_S": 0.10, "AP_M": 0.20, "AP_L": 0.40, "gflops": 50.0, "fps": 20.0},
+        (1, 1): {"AP": 0.32, "AP_S": 0.12, "AP_M": 0.22, "AP_L": 0.42, "gflops": 50.0, "fps": 22.0},
+        (3, 0): {"AP": 0.35, "AP_S": -1.0, "AP_M": 0.25, "AP_L": 0.45, "gflops": 60.0, "fps": 15.0},
     })
     queue.submit(db, grid)  # nothing new: the table reads what is there
     table = grid_table(db, "layers")
     assert list(table["model.decoder.num_layers"]) == [1, 3]
     assert list(table["seeds"]) == [2, 1]
-    assert table["AP"].tolist() == [31.0, 35.0]
+    assert table["AP"].tolist() == pytest.approx([31.0, 35.0])
     assert table["AP_std"][0] == pytest.approx(math.sqrt(2)) and math.isnan(table["AP_std"][1])
     md = format_table(table, "md")
     assert md.splitlines()[0] == "| model.decoder.num_layers | AP | AP_S | AP_M | AP_L | GFLOPs | FPS |"
