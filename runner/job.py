@@ -147,10 +147,11 @@ def metrics_row(run_id: int, results: dict[str, dict[str, Any]], timings: dict[s
 
 
 def train_record(run_id: int, attempt: int, index: int, record: dict[str, Any]) -> TrainRecord:
+    totals = ("loss", "total_loss")
     losses = {k: float(v) for k, v in record.items()
-              if k != "loss" and "loss" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
-    total = record.get("loss", sum(losses.values()) if losses else None)
-    step = record.get("step", record.get("iter", index))
+              if k not in totals and "loss" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    total = record.get("loss", record.get("total_loss", sum(losses.values()) if losses else None))
+    step = record.get("step", record.get("iteration", record.get("iter", index)))
     return TrainRecord(
         run_id=run_id, attempt=attempt, step=int(step),
         time=_float(record.get("time")), lr=_float(record.get("lr")), loss=_float(total),

@@ -49,10 +49,15 @@ def record_exit(db: Database, claim: queue.Claim, returncode: int, log_path: Pat
     return queue.fail(db, claim.run_id, claim.token, f"{what}; log {log_path}:\n{log_tail(log_path)}")
 
 
-def job_env(db: Database, claim: queue.Claim, visible: str, direct_child: bool) -> dict[str, str]:
+def job_env(db: Database, claim: queue.Claim, visible: str, direct_child: bool,
+            cpu_threads: int | None = None) -> dict[str, str]:
+    """The job's environment; ``cpu_threads`` caps its intra-op threads (CPU slots share the cores)
+    unless the user set ``OMP_NUM_THREADS`` already."""
     env = dict(os.environ)
     env.update(FASTINST_DB=db.url_string, FASTINST_RUN_TOKEN=claim.token, CUDA_VISIBLE_DEVICES=visible,
                PYTHONUNBUFFERED="1")
+    if cpu_threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(cpu_threads))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     env.pop("FASTINST_WORKER_PID", None)
     if direct_child:
@@ -89,6 +94,7 @@ class Worker:
         self.gpu_mode = bool(gpus)
         self.free_gpus = list(gpus or [])
         self.free_cpu = 0 if gpus else cpu_slots
+        self.cpu_threads = None if gpus else max(1, (os.cpu_count() or 1) // max(1, cpu_slots))
         self.runs_dir = Path(runs_dir).resolve()
         self.poll, self.heartbeat, self.stale_after = poll, heartbeat, stale_after
         self.exit_when_empty, self.grace = exit_when_empty, grace
@@ -158,7 +164,8 @@ class Worker:
         log_file.flush()
         proc = subprocess.Popen(
             job_command(claim, self.runs_dir), stdout=log_file, stderr=subprocess.STDOUT,
-            env=job_env(self.db, claim, visible, direct_child=claim.gpus <= 1), start_new_session=True,
+            env=job_env(self.db, claim, visible, direct_child=claim.gpus <= 1, cpu_threads=self.cpu_threads),
+            start_new_session=True,
         )
         self.jobs[claim.run_id] = Job(claim, proc, gpus, log_path, log_file)
         log.info("run %d (%s, attempt %d) started: pid %d, devices %r",

@@ -1,0 +1,127 @@
+"""The embedded demo: synthetic data → a small ablation grid through the runner → table and plot.
+
+``make demo`` runs it in the project's virtual environment. Steps, each idempotent, so a second run
+reuses the data and the finished runs instead of duplicating them:
+
+1. write the synthetic shapes dataset (``data/demo_shapes``) unless it is there;
+2. submit ``experiments/demo.yaml`` to the results database (``results.db`` by default);
+3. start ``runner work`` with CPU slots until the queue is empty, showing progress;
+4. print the paper-style table (``runner export``) and write the trade-off plot as PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import pandas as pd
+from sqlalchemy import func, select
+from tqdm import tqdm
+
+from fastinst.data.synthetic import make_synthetic
+from fastinst.grid import load_grid
+from runner import queue
+from runner.db import REPO_ROOT, Database, Run, TrainRecord, init_db, resolve_url
+from runner.export import format_table, grid_table, status_frame
+
+GRID = REPO_ROOT / "experiments" / "demo.yaml"
+DATA = REPO_ROOT / "data" / "demo_shapes"
+PLOT = REPO_ROOT / "results" / "demo_tradeoff.png"
+
+
+def ensure_data(num_train: int, num_val: int, size: int) -> None:
+    if (DATA / "annotations" / "instances_val.json").is_file():
+        print(f"[1/4] synthetic dataset: reusing {DATA.relative_to(REPO_ROOT)}")
+        return
+    print(f"[1/4] synthetic dataset: writing {num_train} train + {num_val} val images to {DATA.relative_to(REPO_ROOT)}")
+    with tqdm(total=num_train + num_val, unit="img") as bar:
+        make_synthetic(DATA, num_train, num_val, size=size, seed=0, progress=bar.update)
+
+
+def progress(db: Database, grid: str, max_iter: int) -> tuple[int, int, str]:
+    """(finished runs, total runs, a summary of run states and the running runs' training step)."""
+    states = status_frame(db, grid)
+    row = states.iloc[0] if len(states) else None
+    total = int(row["total"]) if row is not None else 0
+    finished = sum(int(row[s]) for s in ("succeeded", "failed", "cancelled") if row is not None and s in row)
+    running = db.read(lambda s: list(s.scalars(select(Run.id).where(Run.status == "running"))))
+    steps = db.read(lambda s: s.scalar(select(func.max(TrainRecord.step)).where(TrainRecord.run_id.in_(running))))
+    summary = ", ".join(f"{s} {int(row[s])}" for s in ("queued", "running", "succeeded", "failed")
+                        if row is not None and s in row and int(row[s]))
+    return finished, total, summary + (f"; training step {steps}/{max_iter}" if steps else "")
+
+
+def run_workers(db: Database, url: str, slots: int, max_iter: int) -> int:
+    log = REPO_ROOT / "runs" / "demo_worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[3/4] runner work --cpu-slots {slots} (worker log: {log.relative_to(REPO_ROOT)})")
+    env = {**os.environ, "FASTINST_DB": url}
+    with open(log, "a") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "runner.cli", "work", "--cpu-slots", str(slots),
+                                   "--exit-when-empty", "--poll", "1"], stdout=out, stderr=subprocess.STDOUT, env=env)
+        finished, total, _ = progress(db, "demo", max_iter)
+        with tqdm(total=total, initial=finished, unit="run") as bar:
+            while worker.poll() is None:
+                time.sleep(2)
+                finished, total, summary = progress(db, "demo", max_iter)
+                bar.n = finished
+                bar.set_postfix_str(summary)
+                bar.refresh()
+            finished, total, summary = progress(db, "demo", max_iter)
+            bar.n = finished
+            bar.set_postfix_str(summary)
+    return worker.returncode
+
+
+def write_plot(db: Database) -> None:
+    from dashboard import data
+    from dashboard.figures import tradeoff_figure
+    from dashboard.tradeoff import PAPER_COLUMNS, TradeoffSpec, tradeoff_points
+
+    spec = TradeoffSpec(y="AP", x="FPS", curve_by="model.query_init", label_by="row")
+    results = data.grid_results(db)
+    results = results[results["grid"] == "demo"]
+    if "model.query_init" in results:
+        results["model.query_init"] = results["model.query_init"].fillna("ia_guided")
+    points = tradeoff_points(results, spec, {"demo": ["model.decoder.num_layers"]})
+    no_paper = pd.DataFrame(columns=PAPER_COLUMNS)  # the paper's COCO numbers do not apply to this data
+    fig = tradeoff_figure(points, no_paper, spec, "FPS (CPU, batch 1)", "query init")
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=120)
+    print(f"trade-off plot: {PLOT.relative_to(REPO_ROOT)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", default=None, help="database URL (default: $FASTINST_DB, then results.db)")
+    parser.add_argument("--slots", type=int, default=2, help="CPU worker slots (jobs at once)")
+    parser.add_argument("--train-images", type=int, default=600)
+    parser.add_argument("--val-images", type=int, default=60)
+    args = parser.parse_args(argv)
+
+    url = resolve_url(args.db)
+    ensure_data(args.train_images, args.val_images, size=160)
+    grid = load_grid(GRID)
+    db = init_db(url)
+    result = queue.submit(db, grid)
+    print(f"[2/4] submitted {GRID.relative_to(REPO_ROOT)} to {db.display_url}: {len(result.queued)} new run(s) "
+          f"for {len(grid.rows)} variants (finished runs are not run again)")
+    max_iter = grid.rows[0].config.solver.max_iter
+    if run_workers(db, url, args.slots, max_iter) != 0:
+        print("the worker exited with an error; see runs/demo_worker.log", file=sys.stderr)
+    print("[4/4] results (AP in percent; FPS on this CPU):\n")
+    print(format_table(grid_table(db, "demo"), "md"))
+    write_plot(db)
+    failed = status_frame(db, "demo")
+    if len(failed) and int(failed.iloc[0].get("failed", 0)):
+        print("some runs failed: `.venv/bin/runner status demo --runs` shows their errors", file=sys.stderr)
+        return 1
+    print("\nOpen the dashboard:  .venv/bin/runner dashboard   (then http://127.0.0.1:8501)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
