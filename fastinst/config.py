@@ -41,6 +41,9 @@ class BackboneConfig:
     weights: str | None = None
     # Stages frozen from the stem (0 = nothing frozen, as the official FREEZE_AT 0).
     freeze_at: int = 0
+    # FrozenBN (official, for ImageNet-initialised training); BN or GN (32 groups) train their norms,
+    # which a randomly initialised backbone needs (FrozenBN at init is the identity: no normalisation).
+    norm: Literal["FrozenBN", "BN", "GN"] = "FrozenBN"
 
 
 @dataclass
@@ -405,6 +408,9 @@ def validate(cfg: Config) -> None:
              f"model.decoder.update=single_query (got {m.decoder.update})"),
             (m.num_aux_queries == 0, f"{m2f} has no auxiliary queries: set model.num_aux_queries=0"),
         ]
+    if m.backbone.norm == "GN" and m.backbone.weights is not None:
+        checks.append((False, "model.backbone.norm=GN cannot load BN-trained model.backbone.weights; "
+                              "use FrozenBN or BN with pretrained weights"))
     if cfg.loss.ia.assignment == "semantic":
         checks.append((not cfg.loss.ia.location_cost,
                        "loss.ia.location_cost=true needs loss.ia.assignment=hungarian (dense semantic "

@@ -232,3 +232,18 @@ def test_bilinear_helper_matches_grid_sample_convention() -> None:
     # Cell centres in [0, 1] coordinates sample the pixel values exactly (align_corners=False).
     coords = torch.tensor([[[0.125, 0.125], [0.875, 0.375]]])
     assert point_sample(x, coords).flatten().tolist() == [0.0, 7.0]
+
+
+@pytest.mark.parametrize(("norm", "norm_type"), [("FrozenBN", "FrozenBatchNorm2d"), ("BN", "BatchNorm2d"),
+                                                 ("GN", "GroupNorm")])
+def test_backbone_norm_choice(norm: str, norm_type: str) -> None:
+    cfg = fastinst.load_config(None, [*SMALL, f"model.backbone.norm={norm}"])
+    backbone = fastinst.build_model(cfg).backbone
+    assert type(backbone.bn1).__name__ == norm_type
+    trainable_norm = any(p.requires_grad for p in backbone.bn1.parameters())
+    assert trainable_norm == (norm != "FrozenBN")
+
+
+def test_gn_backbone_rejects_bn_weights() -> None:
+    with pytest.raises(fastinst.ConfigError, match="norm=GN"):
+        fastinst.load_config(None, ["model.backbone.norm=GN", "model.backbone.weights=imagenet"])

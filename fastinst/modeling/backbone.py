@@ -8,6 +8,7 @@ res4/res5 bottleneck).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,6 +46,15 @@ class FrozenBatchNorm2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def norm_layer(name: str) -> Callable[[int], nn.Module]:
+    """``model.backbone.norm`` → a ``num_channels → module`` factory."""
+    if name == "FrozenBN":
+        return FrozenBatchNorm2d
+    if name == "BN":
+        return nn.BatchNorm2d
+    return lambda channels: nn.GroupNorm(32, channels)
 
 
 class ResNetBackbone(nn.Module):
@@ -94,7 +104,7 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str, optional
 
 def _torchvision_resnet(arch: str):
     def build(cfg: BackboneConfig) -> ResNetBackbone:
-        resnet = getattr(torchvision.models, arch)(weights=None, norm_layer=FrozenBatchNorm2d)
+        resnet = getattr(torchvision.models, arch)(weights=None, norm_layer=norm_layer(cfg.norm))
         backbone = ResNetBackbone(resnet, cfg.freeze_at)
         if cfg.weights is not None:
             load_backbone_weights(backbone, arch, cfg.weights)
@@ -127,32 +137,33 @@ class DeformConv3x3(nn.Module):
         return deform_conv2d(x, self.offset(x), self.weight, stride=self.stride, padding=1)
 
 
-def _deep_stem() -> nn.Sequential:
+def _deep_stem(norm: Callable[[int], nn.Module]) -> nn.Sequential:
     """ResNet-D stem before ``bn1``: 3x3 convs 3→32 (stride 2) → 32 → 64, BN+ReLU between them."""
     layers: list[nn.Module] = []
     for i, (cin, cout) in enumerate(((3, 32), (32, 32), (32, 64))):
         layers.append(nn.Conv2d(cin, cout, 3, stride=2 if i == 0 else 1, padding=1, bias=False))
         if i < 2:
-            layers += [FrozenBatchNorm2d(cout), nn.ReLU(inplace=True)]
+            layers += [norm(cout), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
-def _avg_down(block: torchvision.models.resnet.Bottleneck) -> nn.Sequential:
+def _avg_down(block: torchvision.models.resnet.Bottleneck, norm: Callable[[int], nn.Module]) -> nn.Sequential:
     """ResNet-D shortcut: 2x2 avg-pool (stride-2 blocks only) → 1x1 conv → BN, keys as timm's."""
     conv = block.downsample[0]
     stride = conv.stride[0]
     pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
     return nn.Sequential(pool, nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=False),
-                         FrozenBatchNorm2d(conv.out_channels))
+                         norm(conv.out_channels))
 
 
 @BACKBONES.register("resnet50d_dcn")
 def build_resnet50d_dcn(cfg: BackboneConfig) -> ResNetBackbone:
     """ResNet-50-D with deformable 3x3 convs in res4/res5; weights: a local timm ``resnet50d`` state dict."""
-    resnet = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
-    resnet.conv1 = _deep_stem()
+    norm = norm_layer(cfg.norm)
+    resnet = torchvision.models.resnet50(weights=None, norm_layer=norm)
+    resnet.conv1 = _deep_stem(norm)
     for layer in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
-        layer[0].downsample = _avg_down(layer[0])
+        layer[0].downsample = _avg_down(layer[0], norm)
     for layer in (resnet.layer3, resnet.layer4):
         for block in layer:
             block.conv2 = DeformConv3x3(block.conv2.in_channels, block.conv2.out_channels, block.conv2.stride[0])
