@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -217,9 +219,12 @@ def _ddp_worker(rank: int, world_size: int, port: int, data: dict, out: str, sta
     torch.save({"result": result, "final": model, "rank": rank}, Path(states) / f"rank{rank}.pt")
 
 
-def test_ddp_two_gloo_processes(synth: DataSpec, tmp_path: Path) -> None:
+def test_ddp_two_gloo_processes(synth: DataSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out, states = tmp_path / "run", tmp_path / "states"
     states.mkdir()
+    # Spawned children re-run the parent's __main__ file; after a Streamlit AppTest in the same session
+    # that is dashboard/app.py, so give them a bare __main__ instead.
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     mp.spawn(_ddp_worker, args=(2, _free_port(), synth.to_dict(), str(out), str(states)), nprocs=2, join=True)
     r0, r1 = (torch.load(states / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["result"]["world_size"] == 2 and r0["result"]["iterations"] == 2
