@@ -15,9 +15,6 @@ from runner.db import SUCCEEDED, Database, Metrics, Run, TrainRecord
 
 @pytest.mark.slow
 def test_cpu_preset_grid_end_to_end(tmp_path: Path) -> None:
-    train = pytest.importorskip("fastinst.engine.train")
-    if not hasattr(train, "train"):
-        pytest.skip("fastinst.engine.train has no train() yet")
     from fastinst.data.synthetic import make_synthetic
 
     make_synthetic(tmp_path / "synth", num_train=8, num_val=4, size=128, num_classes=4, workers=1)
