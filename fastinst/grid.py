@@ -425,14 +425,19 @@ def parse_grid(spec: Any, source: str = "<grid>", root: Path | None = None, text
     )
 
 
+def read_grid_yaml(path: Path, what: str = "grid file") -> tuple[Any, str]:
+    """The parsed YAML of a grid-like file and its text; errors name the file."""
+    if not path.is_file():
+        raise GridError(f"{path}: {what} not found")
+    text = path.read_text()
+    try:
+        return yaml.safe_load(text), text
+    except yaml.YAMLError as exc:
+        raise GridError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_grid(path: str | Path) -> Grid:
     """Read and validate a grid YAML file (see the module docstring)."""
     path = Path(path)
-    if not path.is_file():
-        raise GridError(f"{path}: grid file not found")
-    text = path.read_text()
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise GridError(f"{path}: not valid YAML: {exc}") from None
+    spec, text = read_grid_yaml(path)
     return parse_grid(spec, source=str(path), root=path.parent, text=text, path=path)

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from sqlalchemy import select
 
 from fastinst.config import ConfigError, all_keys, config_from_dict
-from fastinst.grid import Grid, GridError, Row, flatten, line_of, parse_grid, variant_hash
+from fastinst.grid import Grid, GridError, Row, flatten, line_of, parse_grid, read_grid_yaml, variant_hash
 from runner import queue
 from runner.db import CANCELLED, FAILED, SUCCEEDED, Database, Metrics, Run
 
@@ -56,13 +55,7 @@ class SearchSpec:
 def load_search(path: str | Path) -> SearchSpec:
     """Read and validate a search spec; errors name the file, line and key."""
     path = Path(path)
-    if not path.is_file():
-        raise GridError(f"{path}: search spec not found")
-    text = path.read_text()
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise GridError(f"{path}: not valid YAML: {exc}") from None
+    spec, text = read_grid_yaml(path, "search spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("search"), dict):
         raise GridError(f"{path}:1: search: a search spec needs a 'search' mapping")
     search = spec.pop("search")
