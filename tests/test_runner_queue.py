@@ -6,26 +6,15 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runner_helpers import DB_KINDS, REPO, count_runs, open_db, runner_cmd, url_for, write_grid
+from runner_helpers import REPO, count_runs, runner_cmd, write_grid
 from sqlalchemy import select, update
 
 from fastinst.grid import Grid, load_grid
 from runner import queue
 from runner.db import FAILED, QUEUED, RUNNING, SUCCEEDED, Database, Run, init_db, utcnow
-
-
-@pytest.fixture(params=DB_KINDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    yield from url_for(request.param, tmp_path)
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    yield from open_db(db_url)
 
 
 def _finish(database: Database, claim: queue.Claim) -> None:

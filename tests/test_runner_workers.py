@@ -7,12 +7,10 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from runner_helpers import (
-    DB_KINDS,
     count_runs,
     open_db,
     runner_cmd,
@@ -26,16 +24,6 @@ from sqlalchemy import func, select
 
 from runner.db import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Database, Metrics, Run, TrainRecord
 from runner.export import runs_frame, status_frame
-
-
-@pytest.fixture(params=DB_KINDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    yield from url_for(request.param, tmp_path)
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    yield from open_db(db_url)
 
 
 def submit(url: str, grid: Path) -> None:
