@@ -92,6 +92,10 @@ class ModelConfig:
     pixel_mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
     pixel_std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
     size_divisibility: int = 32
+    # Run everything after the backbone in float32 even under autocast, so mixed precision covers
+    # the backbone only (the CPU preset with bfloat16: the decoder's attention is slower in bf16
+    # than in fp32 on CPUs, and mask logits keep full precision). Official: false.
+    fp32_head: bool = False
     test: TestConfig = field(default_factory=TestConfig)
 
 
@@ -150,6 +154,9 @@ class SolverConfig:
     # 0 disables clipping, as in the official FastInst config.
     clip_grad_norm: float = 0.0
     amp: bool = True
+    # Autocast dtype: float16 (with loss scaling; CUDA only, CPU runs fp32) or bfloat16 (no scaling;
+    # CUDA, and CPUs with native bf16 such as AVX512-BF16/AMX).
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
     checkpoint_period: int = 5000
     eval_period: int = 5000
     log_period: int = 20

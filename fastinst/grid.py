@@ -46,7 +46,7 @@ STAGES = ("train", "eval", "analyze", "bench", "noop")
 # Options each stage accepts under ``stage_options`` (passed to the stage by the runner).
 STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
     "train": (),
-    "eval": ("weights",),
+    "eval": ("weights", "vis_images"),
     "analyze": ("size",),
     "bench": ("weights", "images"),
     "noop": ("sleep", "fail_attempts", "records", "metrics"),

@@ -83,9 +83,16 @@ def stage_train(ctx: JobContext) -> dict[str, Any]:
 
 
 def stage_eval(ctx: JobContext) -> dict[str, Any]:
+    """COCO metrics; also draws the first ``vis_images`` (stage option, default 8; 0: none) val images
+    with their predictions into ``<run dir>/predictions`` (artifact kind ``predictions``)."""
     from fastinst.engine.evaluate import evaluate
 
-    return evaluate(ctx.cfg, ctx.weights("eval"), ctx.data_spec())
+    vis_images = int(ctx.options.get("eval", {}).get("vis_images", 8))
+    vis_dir = ctx.run_dir / "predictions"
+    result = evaluate(ctx.cfg, ctx.weights("eval"), ctx.data_spec(), vis_dir=vis_dir, vis_images=vis_images)
+    if vis_images > 0:
+        ctx.artifacts.append(("predictions", str(vis_dir)))
+    return result
 
 
 def stage_analyze(ctx: JobContext) -> dict[str, Any]:

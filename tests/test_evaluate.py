@@ -158,10 +158,12 @@ def test_eval_command_runs_the_model_end_to_end(synth: Path, tmp_path: Path, cap
     config = tmp_path / "tiny.yaml"
     config.write_text("\n".join(o.replace("=", ": ") for o in TINY[1:]))
     args = _parser().parse_args(["eval", str(config), "--weights", str(weights), "--data", str(synth),
-                                 "--images", "2", "--json", "--device", "cpu", "--set", TINY[0]])
+                                 "--images", "2", "--json", "--device", "cpu", "--set", TINY[0],
+                                 "--vis-dir", str(tmp_path / "vis"), "--vis-score", "0"])
     assert args.func(args) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["num_images"] == 2 and metrics["num_predictions"] == 20
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 2  # only the evaluated images are drawn
     assert all(-1.0 <= metrics[k] <= 1.0 for k in METRICS)
 
 

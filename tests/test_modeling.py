@@ -205,6 +205,31 @@ def test_default_model_forward_backward() -> None:
     assert model.backbone.layer1[0].conv1.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("fp32_head", [False, True])
+def test_fp32_head_keeps_autocast_to_the_backbone(fp32_head: bool) -> None:
+    cfg = fastinst.load_config(None, [*SMALL, "model.hidden_dim=64", f"model.fp32_head={fp32_head}"])
+    model = fastinst.build_model(cfg).eval()
+    res5: list[torch.dtype] = []
+    model.backbone.layer4.register_forward_hook(lambda _m, _i, out: res5.append(out.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.forward_head(model.backbone(torch.rand(1, 3, 64, 64)))
+    assert res5 == [torch.bfloat16]
+    assert out["pred_masks"].dtype == (torch.float32 if fp32_head else torch.bfloat16)
+
+
+def test_matcher_costs_stay_float32_under_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastinst.modeling import matcher as matcher_module
+
+    seen = []
+    real = matcher_module.pairwise_sigmoid_ce
+    monkeypatch.setattr(matcher_module, "pairwise_sigmoid_ce", lambda *a: seen.append(real(*a).dtype) or real(*a))
+    outputs = {"pred_logits": torch.randn(1, 4, 3), "pred_masks": torch.randn(1, 4, 8, 8)}
+    targets = [{"labels": torch.tensor([0, 1]), "masks": (torch.rand(2, 16, 16) > 0.5).float()}]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        HungarianMatcher(2.0, 5.0, 5.0, 0.0, 64)(outputs, targets)
+    assert seen == [torch.float32]
+
+
 def test_gt_guidance_off_has_no_guided_outputs() -> None:
     cfg = fastinst.load_config(None, [*SMALL, "model.decoder.gt_mask_guidance=false"])
     model = fastinst.build_model(cfg).train()

@@ -10,7 +10,7 @@ import pytest
 from runner_helpers import REPO, runner_cmd
 from sqlalchemy import func, select
 
-from runner.db import SUCCEEDED, Database, Metrics, Run, TrainRecord
+from runner.db import SUCCEEDED, Artifact, Database, Metrics, Run, TrainRecord
 
 
 @pytest.mark.slow
@@ -47,6 +47,8 @@ resources: {{gpus: 0}}
     assert all(m.AP is not None and m.params and m.gflops for m in metrics)
     assert db.read(lambda s: s.scalar(select(func.count()).select_from(TrainRecord))) >= 4 * 4
     assert all(r.git_commit and r.packages.get("torch") for r in runs)
+    drawn = db.read(lambda s: list(s.scalars(select(Artifact.path).where(Artifact.kind == "predictions"))))
+    assert len(drawn) == 4 and all(len(list(Path(p).glob("*.png"))) == 4 for p in drawn)  # every val image
     db.dispose()
     out = run("export", "e2e", "--format", "md")
     assert out.returncode == 0

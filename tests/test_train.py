@@ -19,8 +19,16 @@ from fastinst.cli import main
 from fastinst.config import Config, config_from_dict, load_config
 from fastinst.data.spec import DataSpec
 from fastinst.data.synthetic import make_synthetic
+from fastinst.engine import train as train_module
 from fastinst.engine.bench import bench
-from fastinst.engine.train import NonFiniteLossError, build_optimizer, build_scheduler, lr_factor, train
+from fastinst.engine.train import (
+    NonFiniteLossError,
+    autocast_dtype,
+    build_optimizer,
+    build_scheduler,
+    lr_factor,
+    train,
+)
 
 TINY = {
     "model.num_classes": 4, "model.hidden_dim": 64, "model.backbone.name": "resnet18",
@@ -108,6 +116,40 @@ def test_lr_schedule_warmup_and_steps() -> None:
         scheduler.step()
     assert [seen[i] for i in expected] == pytest.approx(list(expected.values()))
     assert lr_factor(load_config(None), 0) == 1.0  # official: warmup factor 1.0, no warmup in effect
+
+
+def test_autocast_dtype_per_device(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype(tiny_config(), cuda) == torch.float16
+    assert autocast_dtype(tiny_config(), cpu) is None  # fp16 autocast is CUDA-only
+    assert autocast_dtype(tiny_config(solver__amp=False), cuda) is None
+    bf16 = tiny_config(solver__amp_dtype="bfloat16")
+    assert autocast_dtype(bf16, cuda) == torch.bfloat16
+    monkeypatch.setattr(train_module, "_cpu_has_bf16", lambda: True)
+    assert autocast_dtype(bf16, cpu) == torch.bfloat16
+    monkeypatch.setattr(train_module, "_cpu_has_bf16", lambda: False)
+    assert autocast_dtype(bf16, cpu) is None
+    assert "no native bf16" in caplog.text
+
+
+def test_bfloat16_autocast_training_on_cpu(synth: DataSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(train_module, "_cpu_has_bf16", lambda: True)  # emulated where not native: still correct
+    seen: list[torch.dtype] = []
+    real_step = train_module.train_step
+
+    def spy(model: nn.Module, *args: object, **kwargs: object) -> object:
+        handle = model.backbone.conv1.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+        try:
+            return real_step(model, *args, **kwargs)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(train_module, "train_step", spy)
+    result = train(tiny_config(solver__max_iter=2, solver__amp_dtype="bfloat16"), synth, tmp_path, progress=False)
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    state = final_state(tmp_path)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert 0.0 <= result["AP"] <= 1.0
 
 
 # --------------------------------------------------------------------------- the loop

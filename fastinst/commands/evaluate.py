@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="config override, repeatable")
     p.add_argument("--images", type=int, help="evaluate only the first N images")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--vis-dir", help="also draw ground truth beside predictions for the first images, as PNGs here")
+    p.add_argument("--vis-images", type=int, default=8, help="how many images --vis-dir draws (default 8)")
+    p.add_argument("--vis-score", type=float, default=0.5, help="score threshold of drawn predictions (default 0.5)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on the last line")
     p.set_defaults(func=run)
 
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     try:
-        metrics = evaluate(cfg, args.weights, data_spec(args), max_images=args.images, device=args.device)
+        metrics = evaluate(cfg, args.weights, data_spec(args), max_images=args.images, device=args.device,
+                           vis_dir=args.vis_dir, vis_images=args.vis_images, vis_score=args.vis_score)
     except (ValueError, OSError) as exc:  # DatasetError, ConfigError, a checkpoint that does not fit
         print(f"fastinst eval: {exc}", file=sys.stderr)
         return 2

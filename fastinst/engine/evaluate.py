@@ -158,9 +158,13 @@ def run_inference(model: torch.nn.Module, dataset: CocoInstanceDataset | Subset,
 
 
 def evaluate(cfg: Config, weights: str | Path | None, data: DataSpec, max_images: int | None = None,
-             device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
+             device: str | torch.device | None = None, progress: bool = True, vis_dir: str | Path | None = None,
+             vis_images: int = 8, vis_score: float = 0.5) -> dict[str, Any]:
     """Mask AP etc. (see ``METRICS``) of the model built from ``cfg`` with ``weights`` (``None``:
-    as initialised) on ``data``'s val split, or its first ``max_images`` images; plus ``num_images``."""
+    as initialised) on ``data``'s val split, or its first ``max_images`` images; plus ``num_images``.
+
+    With ``vis_dir``, the first ``vis_images`` images are also drawn there, ground truth beside the
+    predictions scoring at least ``vis_score`` (``fastinst.engine.visualize``)."""
     from fastinst import build_model
 
     json_path, image_dir = data.split("val")
@@ -180,4 +184,8 @@ def evaluate(cfg: Config, weights: str | Path | None, data: DataSpec, max_images
     predictions = run_inference(model, subset, cfg, dev, progress)
     metrics: dict[str, Any] = coco_evaluate(dataset.coco, predictions, image_ids=image_ids)
     metrics.update(num_images=len(image_ids), num_predictions=len(predictions))
+    if vis_dir is not None and vis_images > 0:
+        from fastinst.engine.visualize import write_prediction_images
+
+        write_prediction_images(dataset.coco, image_dir, predictions, vis_dir, image_ids[:vis_images], vis_score)
     return metrics

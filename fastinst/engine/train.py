@@ -82,9 +82,11 @@ def param_groups(cfg: Config, model: nn.Module) -> list[dict[str, Any]]:
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.AdamW:
-    """AdamW (0.9, 0.999, eps 1e-8) over ``param_groups``."""
+    """AdamW (0.9, 0.999, eps 1e-8) over ``param_groups``; the fused kernel where the parameters'
+    device has one (CPU and CUDA: 4x faster than the per-tensor loop over ~800 groups on CPU)."""
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     return torch.optim.AdamW(param_groups(cfg, model), lr=cfg.solver.base_lr, betas=(0.9, 0.999), eps=1e-8,
-                             weight_decay=cfg.solver.weight_decay)
+                             weight_decay=cfg.solver.weight_decay, fused=fused)
 
 
 def lr_factor(cfg: Config, iteration: int) -> float:
@@ -101,6 +103,29 @@ def lr_factor(cfg: Config, iteration: int) -> float:
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it))
+
+
+def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """The dtype training autocasts to on ``device``, or None for fp32 (``solver.amp``/``amp_dtype``).
+
+    float16 only on CUDA (it needs loss scaling and is slow on CPUs); bfloat16 on CUDA and on CPUs
+    whose oneDNN has native bf16 kernels (elsewhere it is emulated and slower than fp32: fp32 is used).
+    """
+    s = cfg.solver
+    if not s.amp:
+        return None
+    if s.amp_dtype == "bfloat16":
+        if device.type == "cpu" and not _cpu_has_bf16():
+            logger.warning("solver.amp_dtype=bfloat16 but this CPU has no native bf16 kernels: training in fp32")
+            return None
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else None
+
+
+def _cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: oneDNN's bf16 kernels run natively (``torch.cpu`` private probes)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe is not None and probe() for probe in probes)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -284,11 +309,11 @@ def _to_device(batch: list[dict[str, Any]], device: torch.device) -> tuple[list[
 
 
 def train_step(model: nn.Module, state: TrainState, batch: list[dict[str, Any]], cfg: Config, d: Dist,
-               amp: bool) -> tuple[dict[str, float], float]:
+               amp: torch.dtype | None) -> tuple[dict[str, float], float]:
     """One optimisation step; returns the rank-averaged loss terms (raises on a non-finite one) and
     the lr it used (the largest group's)."""
     images, targets = _to_device(batch, d.device)
-    with torch.autocast(d.device.type, dtype=torch.float16, enabled=amp):
+    with torch.autocast(d.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         losses = model(images, targets)
     names = sorted(losses)
     values = _all_reduce_mean(torch.stack([losses[k].detach().float() for k in names]), d).tolist()
@@ -344,13 +369,13 @@ def _batches(it: Iterator[list[dict[str, Any]]]) -> Iterator[tuple[list[dict[str
         yield batch, time.perf_counter() - start
 
 
-def _setup_state(cfg: Config, d: Dist, amp: bool) -> TrainState:
+def _setup_state(cfg: Config, d: Dist, amp: torch.dtype | None) -> TrainState:
     from fastinst import build_model
 
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(d.device).train()
     optimizer = build_optimizer(cfg, model)
-    return TrainState(model, optimizer, build_scheduler(cfg, optimizer), torch.amp.GradScaler(enabled=amp))
+    return TrainState(model, optimizer, build_scheduler(cfg, optimizer), torch.amp.GradScaler(enabled=amp == torch.float16))
 
 
 def train(cfg: Config, data: DataSpec, out_dir: str | Path, on_record: Callable[[Record], None] | None = None,
@@ -376,7 +401,7 @@ def _train(cfg: Config, data: DataSpec, out: Path, on_record: Callable[[Record],
            max_iter: int | None, d: Dist, progress: bool) -> dict[str, Any]:
     s = cfg.solver
     stop = min(max_iter, s.max_iter) if max_iter is not None else s.max_iter
-    amp = s.amp and d.device.type == "cuda"
+    amp = autocast_dtype(cfg, d.device)
     train_json, train_images = data.split("train")
     dataset = CocoInstanceDataset(train_json, train_images, transform=TrainTransform(cfg),
                                   filter_empty=cfg.data.filter_empty)
@@ -431,7 +456,7 @@ def _log_file(out: Path | None) -> Iterator[None]:
 
 def _loop(cfg: Config, data: DataSpec, model: nn.Module, state: TrainState,
           batches: Iterator[tuple[list[dict[str, Any]], float]], stop: int, d: Dist,
-          amp: bool, write: RecordWriter, out: Path, progress: bool) -> dict[str, Any]:
+          amp: torch.dtype | None, write: RecordWriter, out: Path, progress: bool) -> dict[str, Any]:
     """Iterate until ``stop``; checkpoint, log and evaluate on schedule and at the end."""
     s = cfg.solver
     has_val = data.val_json is not None and data.val_images is not None

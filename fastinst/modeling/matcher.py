@@ -49,7 +49,12 @@ class HungarianMatcher:
     @torch.no_grad()
     def __call__(self, outputs: dict, targets: list[dict]) -> Indices:
         """``outputs``: ``pred_logits (B, Q, K+1)``, ``pred_masks (B, Q, h, w)``, optional
-        ``query_locations (B, Q, 2)``; ``targets[b]``: ``labels (M,)``, ``masks (M, Hp, Wp)``."""
+        ``query_locations (B, Q, 2)``; ``targets[b]``: ``labels (M,)``, ``masks (M, Hp, Wp)``.
+        Costs in float32 even under autocast (as the official matcher)."""
+        with torch.autocast(outputs["pred_masks"].device.type, enabled=False):
+            return self._match(outputs, targets)
+
+    def _match(self, outputs: dict, targets: list[dict]) -> Indices:
         indices = []
         for b, target in enumerate(targets):
             logits = outputs["pred_logits"][b].float()

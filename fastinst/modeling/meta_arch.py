@@ -22,6 +22,7 @@ class FastInst(nn.Module):
         super().__init__()
         m = cfg.model
         self.size_divisibility = m.size_divisibility
+        self.fp32_head = m.fp32_head
         self.top_k = m.test.detections_per_image
         self.register_buffer("pixel_mean", torch.tensor(m.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(m.pixel_std).view(3, 1, 1), persistent=False)
@@ -36,7 +37,14 @@ class FastInst(nn.Module):
 
     def forward_head(self, features: dict[str, Tensor], targets: list[dict] | None = None,
                      all_stage_logits: bool = False) -> dict:
-        """Everything after the backbone on ``{"res3","res4","res5"}``; adds ``multi_scale_features``."""
+        """Everything after the backbone on ``{"res3","res4","res5"}``; adds ``multi_scale_features``.
+        With ``model.fp32_head``, in float32 whatever autocast the caller set."""
+        if self.fp32_head:
+            with torch.autocast(next(iter(features.values())).device.type, enabled=False):
+                return self._head({k: v.float() for k, v in features.items()}, targets, all_stage_logits)
+        return self._head(features, targets, all_stage_logits)
+
+    def _head(self, features: dict[str, Tensor], targets: list[dict] | None, all_stage_logits: bool) -> dict:
         multi_scale = self.pixel_decoder(features)
         out = self.decoder(multi_scale, targets, all_stage_logits=all_stage_logits)
         out["multi_scale_features"] = multi_scale

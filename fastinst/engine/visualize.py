@@ -1,0 +1,102 @@
+"""Prediction images: ground truth and predicted instances side by side on the original image.
+
+Each panel blends every instance's mask in its own colour, outlines it and labels it ``class`` (GT)
+or ``class score`` (predictions, those at or above a score threshold). Small images are enlarged
+(nearest neighbour) so that the labels stay readable.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+
+MIN_PANEL_SIDE = 320  # pixels: smaller images are enlarged by an integer factor to at least this
+ALPHA = 0.45
+GAP = 8  # pixels between the two panels
+
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """``n`` well-separated saturated colours (golden-ratio hue steps)."""
+    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((0.12 + 0.618034 * i) % 1.0, 0.85, 0.95))
+            for i in range(n)]
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: the pixels of ``mask`` that have a 4-neighbour outside it."""
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return mask & ~inner
+
+
+def draw_instances(image: np.ndarray, masks: Sequence[np.ndarray], captions: Sequence[str]) -> Image.Image:
+    """``image (H, W, 3) uint8`` with ``masks`` (each ``(H, W)`` bool) blended, outlined and captioned,
+    enlarged to at least ``MIN_PANEL_SIDE`` on its longer side."""
+    h, w = image.shape[:2]
+    scale = max(1, -(-MIN_PANEL_SIDE // max(h, w)))
+    canvas = image.astype(np.float32)
+    colors = palette(len(masks))
+    for mask, color in zip(masks, colors):
+        canvas[mask] = (1 - ALPHA) * canvas[mask] + ALPHA * np.asarray(color, np.float32)
+    canvas = canvas.round().astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
+    for mask, color in zip(masks, colors):
+        canvas[outline(mask.repeat(scale, 0).repeat(scale, 1))] = color
+    panel = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(panel)
+    for mask, color, caption in zip(masks, colors, captions):
+        ys, xs = np.nonzero(mask)
+        if len(xs):
+            x, y = int(xs.min()) * scale, max(int(ys.min()) * scale - 11, 0)
+            box = draw.textbbox((x, y), caption)
+            draw.rectangle(box, fill=(0, 0, 0))
+            draw.text((x, y), caption, fill=color)
+    return panel
+
+
+def side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
+    out = Image.new("RGB", (left.width + GAP + right.width, max(left.height, right.height)), (255, 255, 255))
+    out.paste(left, (0, 0))
+    out.paste(right, (left.width + GAP, 0))
+    return out
+
+
+def _decode(rle: dict[str, Any]) -> np.ndarray:
+    counts = rle["counts"]
+    return mask_util.decode({**rle, "counts": counts.encode() if isinstance(counts, str) else counts}).astype(bool)
+
+
+def write_prediction_images(coco_gt: COCO, image_dir: str | Path, predictions: list[dict[str, Any]],
+                            out_dir: str | Path, image_ids: Sequence[int], score_threshold: float = 0.5,
+                            max_instances: int = 30) -> list[Path]:
+    """One PNG per image id, ``<file stem>.png`` in ``out_dir``: GT (left) and predictions with
+    score ≥ ``score_threshold`` (right, at most ``max_instances``, best first). Returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for p in predictions:
+        if p["score"] >= score_threshold:
+            by_image.setdefault(int(p["image_id"]), []).append(p)
+    written = []
+    for image_id in image_ids:
+        info = coco_gt.imgs[image_id]
+        image = np.asarray(Image.open(Path(image_dir) / info["file_name"]).convert("RGB"))
+        anns = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+        gt = draw_instances(image, [coco_gt.annToMask(a).astype(bool) for a in anns],
+                            [names[a["category_id"]] for a in anns])
+        preds = sorted(by_image.get(image_id, []), key=lambda p: -p["score"])[:max_instances]
+        pred = draw_instances(image, [_decode(p["segmentation"]) for p in preds],
+                              [f"{names[p['category_id']]} {p['score']:.2f}" for p in preds])
+        path = out / f"{Path(info['file_name']).stem}.png"
+        side_by_side(gt, pred).save(path)
+        written.append(path)
+    return written
