@@ -51,6 +51,8 @@ STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
     "bench": ("weights", "images"),
     "noop": ("sleep", "fail_attempts", "records", "metrics"),
 }
+# Options that are image counts, with their smallest allowed value.
+COUNT_OPTIONS: dict[tuple[str, str], int] = {("eval", "vis_images"): 0, ("bench", "images"): 1}
 DATA_KEYS = ("root", "train_json", "train_images", "val_json", "val_images")
 TOP_KEYS = (
     "name", "base", "axes", "zip", "rows", "seeds", "stages", "stage_options", "data",
@@ -262,6 +264,10 @@ def _stage_options(spec: dict[str, Any], stages: list[str], chk: _Checker) -> di
             if key not in STAGE_OPTIONS[stage]:
                 raise chk.error(("stage_options", stage, key),
                                 f"unknown option {key!r} for stage {stage!r} (known: {list(STAGE_OPTIONS[stage])})")
+            low = COUNT_OPTIONS.get((stage, key))
+            value = opts[key]
+            if low is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise chk.error(("stage_options", stage, key), f"{stage}.{key}: expected an integer >= {low}, got {value!r}")
     return {stage: dict(opts) for stage, opts in options.items()}
 
 

@@ -114,6 +114,10 @@ def test_explicit_rows_inline_base_and_reference(tmp_path: Path) -> None:
     ("stages: [noop]\nstage_options: {bench: {images: 3}}\n",
      "g.yaml:2: stage_options: options for 'bench', which is not in stages ['noop']"),
     ("stages: [noop]\ndata: nowhere\n", "g.yaml:2: data: root: "),
+    ("stages: [eval]\nstage_options:\n  eval: {vis_images: -1}\n",
+     "g.yaml:3: stage_options: eval.vis_images: expected an integer >= 0, got -1"),
+    ("stages: [bench]\nstage_options:\n  bench: {images: many}\n",
+     "g.yaml:3: stage_options: bench.images: expected an integer >= 1, got 'many'"),
     ("stages: [noop]\naxes:\n  seed: [1, 2]\n", "g.yaml:3: axes: set seeds with the grid's 'seeds'"),
 ])
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
