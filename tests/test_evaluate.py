@@ -18,11 +18,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import fastinst
+from fastinst.checkpoint import CheckpointError, load_weights
 from fastinst.commands import evaluate as eval_command
 from fastinst.config import ConfigError, load_config
 from fastinst.data import DatasetError, DataSpec
 from fastinst.data.synthetic import make_synthetic
-from fastinst.engine.evaluate import METRICS, coco_evaluate, evaluate, load_weights, predictions_from_outputs
+from fastinst.engine.evaluate import METRICS, coco_evaluate, evaluate, predictions_from_outputs
 
 TINY = ["model.num_classes=4", "model.backbone.name=resnet18", "model.hidden_dim=64",
         "model.decoder.dim_feedforward=128", "model.decoder.num_layers=1", "model.num_ia_queries=10",
@@ -141,8 +142,23 @@ def test_load_weights_accepts_raw_and_wrapped_state_dicts(tmp_path: Path) -> Non
         assert torch.equal(other.weight, model.weight)
     with pytest.raises(ValueError, match=r"raw.pth: .* 1 keys of another shape \(e.g. weight \(2, 3\) vs \(2, 4\)"):
         load_weights(torch.nn.Linear(4, 2), tmp_path / "raw.pth")
-    with pytest.raises(FileNotFoundError, match="weights file not found"):
+    with pytest.raises(CheckpointError, match="none.pth: weights file not found"):
         load_weights(model, tmp_path / "none.pth")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "truncated"])
+def test_non_checkpoint_file_is_a_one_line_error(tmp_path: Path, content: bytes | str) -> None:
+    path = tmp_path / "bad.pth"
+    if content == "truncated":
+        torch.save({"model": torch.nn.Linear(3, 2).state_dict()}, path)
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        path.write_bytes(content)  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError) as info:
+        load_weights(torch.nn.Linear(3, 2), path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable PyTorch checkpoint")
+    assert "\n" not in message and "weights_only" not in message
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 import torchvision
 
+from fastinst.checkpoint import load_weights
 from fastinst.config import Config
 from fastinst.data.coco import CocoInstanceDataset
 from fastinst.data.spec import DataSpec
 from fastinst.data.transforms import EvalTransform
-from fastinst.engine.evaluate import load_weights
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

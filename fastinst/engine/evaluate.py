@@ -23,6 +23,7 @@ from pycocotools.cocoeval import COCOeval
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from fastinst.checkpoint import load_weights
 from fastinst.config import Config, ConfigError
 from fastinst.data.coco import CocoInstanceDataset
 from fastinst.data.spec import DataSpec
@@ -96,36 +97,6 @@ def predictions_from_outputs(outputs: list[dict[str, torch.Tensor]], image_ids: 
                                              "counts": rle["counts"].decode("ascii")},
                             "score": float(score)})
     return results
-
-
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a checkpoint (a state dict, or a dict with key ``"model"``), official layout recognised."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a state dict (got {type(state).__name__})")
-    from fastinst import convert
-
-    if convert.is_official_state_dict(state):
-        state = convert.convert_official_state_dict(state)
-    _check_fits(model.state_dict(), state, path)
-    model.load_state_dict(state)
-
-
-def _check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, Any], path: str | Path) -> None:
-    """A short error (counts and first examples) when ``state`` does not fit the model's keys/shapes."""
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
-                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                   ("keys of another shape", reshaped)) if keys]
-    if problems:
-        raise ValueError(f"{path}: checkpoint does not fit the model built from the config: " + "; ".join(problems))
 
 
 def _check_classes(cfg: Config, dataset: CocoInstanceDataset) -> None:

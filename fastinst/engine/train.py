@@ -223,13 +223,14 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     iteration: int = 0  # iterations completed
+    categories: list[dict[str, Any]] = field(default_factory=list)  # the dataset's, in class-index order
 
 
 def save_checkpoint(path: Path, state: TrainState, rng: list[dict[str, Any]], cfg: Config) -> None:
     """Write the checkpoint atomically and point ``last_checkpoint`` at it."""
     payload = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
                "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(),
-               "iteration": state.iteration, "rng": rng, "config_hash": cfg.hash()}
+               "iteration": state.iteration, "rng": rng, "config_hash": cfg.hash(), "categories": state.categories}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -407,6 +408,8 @@ def _train(cfg: Config, data: DataSpec, out: Path, on_record: Callable[[Record],
                                   filter_empty=cfg.data.filter_empty)
     per_rank = _check_data(cfg, dataset, d)
     state = _setup_state(cfg, d, amp)
+    state.categories = [{"id": int(cid), "name": str(name)}
+                        for cid, name in zip(dataset.contiguous_to_category_id, dataset.class_names)]
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(cfg.to_yaml())

@@ -1,0 +1,96 @@
+"""Reading weights files: one place that turns any checkpoint the project accepts into a state dict.
+
+Accepted: a state dict, a training checkpoint (a dict whose ``"model"`` is the state dict, as
+``fastinst train`` writes), in this project's key layout or the official implementation's
+(recognised and converted). Everything loads with ``torch.load(weights_only=True)``; a file that is
+missing, truncated, of another format, or whose tensors do not fit the model raises
+:class:`CheckpointError` with one line naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A weights file cannot be used; the message names the file and the problem in one line."""
+
+
+@dataclass
+class Checkpoint:
+    """A weights file's model state dict and, when the trainer stored it, its dataset's categories
+    (``[{"id": int, "name": str}, ...]`` in class-index order)."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    categories: list[dict[str, Any]] | None = None
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """The model state dict (official layout converted) and metadata of the weights file ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_why_unreadable(path, exc)})") from None
+    categories = None
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        categories = payload.get("categories")
+        payload = payload["model"]
+    if not isinstance(payload, dict) or not payload:
+        raise CheckpointError(f"{path}: holds a {type(payload).__name__}, not a model state dict")
+    bad = [k for k, v in payload.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: not a model state dict ({len(bad)} entries are not tensors, "
+                              f"e.g. {bad[0]!r})")
+    from fastinst import convert
+
+    if convert.is_official_state_dict(payload):
+        payload = convert.convert_official_state_dict(payload)
+    return Checkpoint(path, payload, categories if isinstance(categories, list) else None)
+
+
+def _why_unreadable(path: Path, exc: BaseException) -> str:
+    """What is wrong with a file ``torch.load`` refused, in words (torch's own message suggests
+    unsafe loading, so it is not repeated)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        return f"a truncated or corrupt archive of {size} bytes"
+    if isinstance(exc, pickle.UnpicklingError) and head[:1] == b"\x80":
+        return "a pickle holding objects other than tensors and plain values, which are not loaded for safety"
+    return f"{size} bytes of another format"
+
+
+def check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, Any], path: str | Path) -> None:
+    """A one-line error (counts and first examples) when ``state`` does not fit the model's keys/shapes."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+                for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                   ("keys of another shape", reshaped)) if keys]
+    if problems:
+        raise CheckpointError(f"{path}: checkpoint does not fit the model built from the config: "
+                              + "; ".join(problems))
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> Checkpoint:
+    """Load the weights file ``path`` into ``model`` (which must fit it exactly); returns the checkpoint."""
+    ckpt = read_checkpoint(path)
+    check_fits(model.state_dict(), ckpt.state_dict, path)
+    model.load_state_dict(ckpt.state_dict)
+    return ckpt
