@@ -233,16 +233,6 @@ def test_cli_train_and_bench(synth: DataSpec, tmp_path: Path, capsys: pytest.Cap
     assert out["num_images"] == 2 and out["fps"] > 0
 
 
-def test_bench_fields(synth: DataSpec) -> None:
-    result = bench(tiny_config(), None, synth, images=3, warmup=1, device="cpu")
-    assert result["num_images"] == 3 and result["dtype"] == "float32" and result["device_type"] == "cpu"
-    assert result["fps"] == pytest.approx(1000 / result["mean_ms"]) and result["median_ms"] > 0
-    assert result["threads"] == torch.get_num_threads() and result["torch"] == torch.__version__
-    assert result["device"] and result["torchvision"] and result["test_size"] == [96, 128]
-    with pytest.raises(ValueError, match="dtype"):
-        bench(tiny_config(), None, synth, images=1, dtype="int8")
-
-
 # --------------------------------------------------------------------------- distributed
 
 

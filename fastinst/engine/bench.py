@@ -1,15 +1,19 @@
-"""Inference speed as the paper measures it (spec §9).
+"""Inference speed as the paper measures it.
 
 Batch 1, eval mode, test-resized val images preloaded in memory (data loading excluded). Each
 timed call is ``model([image.to(device)], output_sizes=[original size])`` between two device
 synchronisations: host-to-device copy, normalise/pad, forward and post-processing up to
-original-size masks. The first ``warmup`` images are run once untimed first. FPS = 1 / mean time.
-Half precisions run under autocast (weights stay float32), as in mixed-precision training.
+original-size masks. The first ``warmup`` images are run once untimed first. One repeat times every
+image once and gives FPS = images / total time (the paper's protocol); ``repeats`` such passes give
+the reported FPS as their median and the spread as their min and max; latency percentiles are over
+every timed call of every repeat. Half precisions run under autocast (weights stay float32), as in
+mixed-precision training.
 """
 
 from __future__ import annotations
 
 import platform
+import socket
 import statistics
 import time
 from pathlib import Path
@@ -69,14 +73,31 @@ def time_model(model: torch.nn.Module, images: list[tuple[torch.Tensor, tuple[in
     return times
 
 
+def speed_summary(repeat_times: list[list[float]]) -> dict[str, Any]:
+    """FPS (median over repeats of images / total seconds), its min/max over repeats, each repeat's
+    FPS, and latency percentiles (ms) over all timed calls. ``repeat_times``: seconds per call, per repeat."""
+    fps_each = [len(times) / sum(times) for times in repeat_times]
+    calls = sorted(t for times in repeat_times for t in times)
+
+    def pct(q: float) -> float:
+        return 1000 * calls[min(len(calls) - 1, max(0, round(q / 100 * (len(calls) - 1))))]
+
+    return {"fps": statistics.median(fps_each), "fps_min": min(fps_each), "fps_max": max(fps_each),
+            "fps_repeats": fps_each, "mean_ms": 1000 * statistics.fmean(calls), "median_ms": pct(50),
+            "p90_ms": pct(90), "p99_ms": pct(99)}
+
+
 def bench(cfg: Config, weights: str | Path | None, data: DataSpec, images: int = 100,
-          device: str | torch.device | None = None, dtype: str = "float32", warmup: int = 5) -> dict[str, Any]:
+          device: str | torch.device | None = None, dtype: str = "float32", warmup: int = 5,
+          repeats: int = 1) -> dict[str, Any]:
     """FPS and latency of ``cfg`` (with ``weights``; ``None``: as initialised, the speed is the same)
-    over the first ``images`` val images of ``data``."""
+    over the first ``images`` val images of ``data``, ``repeats`` times (see the module docstring)."""
     from fastinst import build_model
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     dev = torch.device(device) if device is not None else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
     samples = load_images(cfg, data, images)
@@ -86,10 +107,9 @@ def bench(cfg: Config, weights: str | Path | None, data: DataSpec, images: int =
     if weights is not None:
         load_weights(model, weights)
     model.to(dev).eval()
-    times = time_model(model, samples, dev, DTYPES[dtype], warmup)
-    mean = statistics.fmean(times)
-    return {"fps": 1.0 / mean, "mean_ms": 1000 * mean, "median_ms": 1000 * statistics.median(times),
-            "num_images": len(times), "warmup": warmup, "device": device_name(dev), "device_type": dev.type,
-            "dtype": dtype, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    repeat_times = [time_model(model, samples, dev, DTYPES[dtype], warmup if r == 0 else 0) for r in range(repeats)]
+    return {**speed_summary(repeat_times), "num_images": len(samples), "warmup": warmup, "repeats": repeats,
+            "device": device_name(dev), "device_type": dev.type, "dtype": dtype,
+            "threads": torch.get_num_threads(), "host": socket.gethostname(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "test_size": [cfg.input.min_size_test, cfg.input.max_size_test],
             "weights": None if weights is None else str(weights)}
