@@ -18,16 +18,19 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 
-QueryInit = Literal["ia_guided", "learnable", "zero", "resize"]
+from fastinst.registry import BACKBONES, DECODERS, PIXEL_DECODERS, QUERY_INITS, Registry
+
+# Registry-backed keys: the accepted values are the names declared in fastinst/registry.py.
+BackboneName = Annotated[str, BACKBONES]
+PixelDecoderName = Annotated[str, PIXEL_DECODERS]
+DecoderName = Annotated[str, DECODERS]
+QueryInit = Annotated[str, QUERY_INITS]
 DecoderUpdate = Literal["dual_pixel_then_query", "dual_query_then_pixel", "single_query", "single_pixel"]
-PixelDecoderName = Literal["ppm_fpn", "fpn", "transformer_encoder", "msdeform_attn"]
-BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet50d_dcn"]
 QuerySource = Literal["E3", "E4", "E5"]
-DecoderName = Literal["fastinst", "mask2former"]
 
 
 class ConfigError(ValueError):
@@ -198,7 +201,31 @@ class Config:
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _registry(tp: Any) -> Registry | None:
+    """The registry an ``Annotated[str, REGISTRY]`` field's values come from; None for other types."""
+    if typing.get_origin(tp) is not Annotated:
+        return None
+    return next((m for m in typing.get_args(tp)[1:] if isinstance(m, Registry)), None)
+
+
+def field_registry(dotted: str) -> Registry | None:
+    """The registry whose declared names the key ``dotted`` (e.g. ``model.backbone.name``) accepts, if any."""
+    *parents, name = dotted.split(".")
+    cls: Any = Config
+    for part in parents:
+        cls = _hints(cls)[part]
+    return _registry(_hints(cls)[name])
+
+
+def _check_choice(value: Any, choices: tuple[Any, ...], key: str) -> Any:
+    if value not in choices:
+        hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"{key}: invalid value {value!r}; choose one of {list(choices)}{extra}")
+    return value
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -211,12 +238,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return _build(tp, value, key + ".")
     if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"{key}: invalid value {value!r}; choose one of {list(choices)}{extra}")
-        return value
+        return _check_choice(value, typing.get_args(tp), key)
+    if origin is Annotated:
+        value = _coerce(value, typing.get_args(tp)[0], key)
+        registry = _registry(tp)
+        return value if registry is None else _check_choice(value, registry.choices, key)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
