@@ -13,7 +13,11 @@ Tables (the dashboard reads these):
 - ``grid_rows``: the rows of a grid (name, overrides, variant hash = config hash without seed);
 - ``runs``: one (row, seed) execution: exact config and its hash, queue state, timings, worker,
   device, error, git commit, package versions, run directory;
-- ``metrics``: one per run (AP…, params, GFLOPs, FPS with its device and dtype, ``extra`` JSON);
+- ``metrics``: one per run (AP…, params, GFLOPs, ``extra`` JSON; its ``fps``/``fps_device``/``fps_dtype``
+  columns are from schema 0001, kept so old databases read, and no longer written: speed lives in ``speed``);
+- ``speed``: speed measurements, any number per run, one per (run, device, dtype, backend, time measured):
+  median FPS over repeats with its min/max, latency percentiles, images, warm-up, threads, library
+  versions, host, and what else the runner ran on that host while the timed section ran;
 - ``train_records``: per-step training records (step, time, lr, total loss, each loss, raw record);
 - ``artifacts``: files a run produced (checkpoint, log, per-step JSONL, config).
 """
@@ -150,6 +154,8 @@ class Run(Base):
 
     grid: Mapped[GridRecord] = relationship()
     metrics: Mapped[Metrics | None] = relationship(back_populates="run", cascade="all, delete-orphan")
+    speed: Mapped[list[SpeedMeasurement]] = relationship(back_populates="run", cascade="all, delete-orphan",
+                                                         order_by="SpeedMeasurement.id")
 
 
 class Metrics(Base):
@@ -174,6 +180,39 @@ class Metrics(Base):
 
 
 METRIC_COLUMNS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100", "params", "gflops", "fps")
+
+
+class SpeedMeasurement(Base):
+    """One timed measurement of a run's model (``fastinst.engine.bench`` protocol) on one device.
+
+    Re-measuring adds a row; readers pick the newest row per (run, device, dtype, backend)."""
+
+    __tablename__ = "speed"
+    __table_args__ = (Index("ix_speed_run_device", "run_id", "device_type", "dtype", "backend"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    device_type: Mapped[str] = mapped_column(String(16))  # "cpu" | "cuda"
+    device: Mapped[str] = mapped_column(String(200))  # the GPU's name or the CPU model
+    dtype: Mapped[str] = mapped_column(String(32))
+    backend: Mapped[str] = mapped_column(String(32), default="eager")
+    fps: Mapped[float] = mapped_column(Float)  # median over repeats
+    fps_min: Mapped[float] = mapped_column(Float)
+    fps_max: Mapped[float] = mapped_column(Float)
+    latency_ms: Mapped[dict[str, Any]]  # mean, median, p90, p99 over all timed calls
+    repeats: Mapped[int] = mapped_column(Integer)
+    images: Mapped[int] = mapped_column(Integer)
+    warmup: Mapped[int] = mapped_column(Integer)
+    threads: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String(200))
+    packages: Mapped[dict[str, Any]]
+    # Runner jobs (run ids, stages) that ran on this host while the timed section ran: empty by design.
+    concurrent: Mapped[list[Any]]
+    source: Mapped[str] = mapped_column(String(32))  # "stage" (a run's measurement job) | "measure" (runner measure)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # per-repeat FPS, test size, load, weights
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    run: Mapped[Run] = relationship(back_populates="speed")
 
 
 class TrainRecord(Base):

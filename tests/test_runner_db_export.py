@@ -28,6 +28,7 @@ from runner.db import (
     safe_url,
 )
 from runner.export import format_table, grid_table, status_frame
+from test_runner_migrations import head_revision
 
 
 def test_migrations_build_the_models_schema_and_rerun_cleanly(tmp_path: Path) -> None:
@@ -36,7 +37,7 @@ def test_migrations_build_the_models_schema_and_rerun_cleanly(tmp_path: Path) ->
     with db.engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
         assert compare_metadata(ctx, Base.metadata) == []
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == "0001"
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == head_revision()
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     queue.submit(db, load_grid(write_grid(tmp_path / "g.yaml", seeds=2)))
     db.dispose()
