@@ -11,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from runner_helpers import REPO, runner_cmd, write_grid
 from sqlalchemy import text
+from test_runner_migrations import head_revision
 
 from fastinst.grid import load_grid
 from runner import queue
@@ -28,7 +29,6 @@ from runner.db import (
     safe_url,
 )
 from runner.export import format_table, grid_table, status_frame
-from test_runner_migrations import head_revision
 
 
 def test_migrations_build_the_models_schema_and_rerun_cleanly(tmp_path: Path) -> None:
