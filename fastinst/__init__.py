@@ -2,7 +2,15 @@
 
 from fastinst.config import Config, ConfigError, load_config
 
-__all__ = ["Config", "ConfigError", "build_model", "load_config"]
+__all__ = ["Config", "ConfigError", "Predictor", "build_model", "load_config"]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy, so that importing fastinst does not import torch
+    if name == "Predictor":
+        from fastinst.predict import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'fastinst' has no attribute {name!r}")
 
 
 def build_model(cfg: Config):  # noqa: ANN201 - avoids importing torch at package import

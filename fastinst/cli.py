@@ -19,6 +19,7 @@ COMMANDS = [
     "fastinst.commands.make_synthetic",
     "fastinst.commands.train",
     "fastinst.commands.bench",
+    "fastinst.commands.predict",
 ]
 
 

@@ -1,4 +1,5 @@
-"""Prediction images: ground truth and predicted instances side by side on the original image.
+"""Prediction images: ground truth and predicted instances side by side on the original image
+(``write_prediction_images``), or predictions alone (``draw_predictions``, for ``fastinst predict``).
 
 Each panel blends every instance's mask in its own colour, outlines it and labels it ``class`` (GT)
 or ``class score`` (predictions, those at or above a score threshold). Small images are enlarged
@@ -38,11 +39,12 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def draw_instances(image: np.ndarray, masks: Sequence[np.ndarray], captions: Sequence[str]) -> Image.Image:
+def draw_instances(image: np.ndarray, masks: Sequence[np.ndarray], captions: Sequence[str],
+                   min_side: int = MIN_PANEL_SIDE) -> Image.Image:
     """``image (H, W, 3) uint8`` with ``masks`` (each ``(H, W)`` bool) blended, outlined and captioned,
-    enlarged to at least ``MIN_PANEL_SIDE`` on its longer side."""
+    enlarged by an integer factor to at least ``min_side`` on its longer side."""
     h, w = image.shape[:2]
-    scale = max(1, -(-MIN_PANEL_SIDE // max(h, w)))
+    scale = max(1, -(-min_side // max(h, w)))
     canvas = image.astype(np.float32)
     colors = palette(len(masks))
     for mask, color in zip(masks, colors):
@@ -60,6 +62,26 @@ def draw_instances(image: np.ndarray, masks: Sequence[np.ndarray], captions: Seq
             draw.rectangle(box, fill=(0, 0, 0))
             draw.text((x, y), caption, fill=color)
     return panel
+
+
+def top_scoring(scores: Sequence[float], score_threshold: float, max_instances: int) -> list[int]:
+    """Indices of the ``scores`` at or above ``score_threshold``, best first, at most ``max_instances``."""
+    keep = [i for i, s in enumerate(scores) if s >= score_threshold]
+    return sorted(keep, key=lambda i: -scores[i])[:max_instances]
+
+
+def scored_caption(name: str, score: float) -> str:
+    return f"{name} {score:.2f}"
+
+
+def draw_predictions(image: np.ndarray, masks: np.ndarray, names: Sequence[str], scores: Sequence[float],
+                     score_threshold: float = 0.5, max_instances: int = 30,
+                     min_side: int = MIN_PANEL_SIDE) -> Image.Image:
+    """``image (H, W, 3) uint8`` with the predicted ``masks (K, H, W) bool`` scoring at least
+    ``score_threshold`` (at most ``max_instances``, best first) drawn and captioned ``name score``."""
+    keep = top_scoring(scores, score_threshold, max_instances)
+    return draw_instances(image, [masks[i] for i in keep], [scored_caption(names[i], scores[i]) for i in keep],
+                          min_side)
 
 
 def side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
@@ -84,8 +106,7 @@ def write_prediction_images(coco_gt: COCO, image_dir: str | Path, predictions: l
     names = {c["id"]: c["name"] for c in coco_gt.dataset["categories"]}
     by_image: dict[int, list[dict[str, Any]]] = {}
     for p in predictions:
-        if p["score"] >= score_threshold:
-            by_image.setdefault(int(p["image_id"]), []).append(p)
+        by_image.setdefault(int(p["image_id"]), []).append(p)
     written = []
     for image_id in image_ids:
         info = coco_gt.imgs[image_id]
@@ -93,9 +114,10 @@ def write_prediction_images(coco_gt: COCO, image_dir: str | Path, predictions: l
         anns = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
         gt = draw_instances(image, [coco_gt.annToMask(a).astype(bool) for a in anns],
                             [names[a["category_id"]] for a in anns])
-        preds = sorted(by_image.get(image_id, []), key=lambda p: -p["score"])[:max_instances]
+        candidates = by_image.get(image_id, [])
+        preds = [candidates[i] for i in top_scoring([p["score"] for p in candidates], score_threshold, max_instances)]
         pred = draw_instances(image, [_decode(p["segmentation"]) for p in preds],
-                              [f"{names[p['category_id']]} {p['score']:.2f}" for p in preds])
+                              [scored_caption(names[p["category_id"]], p["score"]) for p in preds])
         path = out / f"{Path(info['file_name']).stem}.png"
         side_by_side(gt, pred).save(path)
         written.append(path)
