@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fastinst.config import Config, config_from_dict
+from fastinst.engine.records import EvalRecord, RecordError, StepRecord, parse_record
 from runner import queue
 from runner.db import REPO_ROOT, SUCCEEDED, Artifact, Database, Metrics, Run, TrainRecord, resolve_url, utcnow
 
@@ -115,7 +116,8 @@ def stage_noop(ctx: JobContext) -> dict[str, Any]:
     if ctx.attempt <= opts.get("fail_attempts", 0):
         raise RuntimeError(f"noop: failing attempt {ctx.attempt} as asked")
     for step in range(opts.get("records", 0)):
-        ctx.on_record({"step": step, "loss": 1.0 / (step + 1), "loss_mask": 0.5 / (step + 1), "lr": 1e-4})
+        loss = {"loss_cls": 0.5 / (step + 1), "loss_mask": 0.5 / (step + 1)}
+        ctx.on_record(StepRecord.from_means(step + 1, {"time": 0.0, "data_time": 0.0, "lr": 1e-4, **loss}).to_dict())
     time.sleep(opts.get("sleep", 0.0))
     return dict(opts.get("metrics", {}))
 
@@ -154,20 +156,20 @@ def metrics_row(run_id: int, results: dict[str, dict[str, Any]], timings: dict[s
 
 
 def train_record(run_id: int, attempt: int, index: int, record: dict[str, Any]) -> TrainRecord:
-    totals = ("loss", "total_loss")
-    losses = {k: float(v) for k, v in record.items()
-              if k not in totals and "loss" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
-    total = record.get("loss", record.get("total_loss", sum(losses.values()) if losses else None))
-    step = record.get("step", record.get("iteration", record.get("iter", index)))
-    return TrainRecord(
-        run_id=run_id, attempt=attempt, step=int(step),
-        time=_float(record.get("time")), lr=_float(record.get("lr")), loss=_float(total),
-        losses=losses, data=json.loads(json.dumps(record, default=str)),
-    )
+    """Map the ``index``-th record of ``fastinst.engine.records``' schema onto a ``train_records`` row.
 
-
-def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    A step record fills step, time, lr, loss (``total_loss``) and losses; an eval record only the step.
+    """
+    try:
+        parsed = parse_record(record)
+    except RecordError as exc:
+        raise RecordError(f"run {run_id} record {index}: {exc}") from exc
+    data = json.loads(json.dumps(parsed.to_dict(), default=str))
+    if isinstance(parsed, EvalRecord):
+        return TrainRecord(run_id=run_id, attempt=attempt, step=parsed.iteration, time=None, lr=None, loss=None,
+                           losses={}, data=data)
+    return TrainRecord(run_id=run_id, attempt=attempt, step=parsed.iteration, time=parsed.time, lr=parsed.lr,
+                       loss=parsed.total_loss, losses=dict(parsed.losses), data=data)
 
 
 class RecordSink:

@@ -21,6 +21,7 @@ from fastinst.data.spec import DataSpec
 from fastinst.data.synthetic import make_synthetic
 from fastinst.engine import train as train_module
 from fastinst.engine.bench import bench
+from fastinst.engine.records import EvalRecord, RecordError, StepRecord, parse_record
 from fastinst.engine.train import (
     NonFiniteLossError,
     autocast_dtype,
@@ -152,6 +153,33 @@ def test_bfloat16_autocast_training_on_cpu(synth: DataSpec, tmp_path: Path, monk
     assert 0.0 <= result["AP"] <= 1.0
 
 
+# --------------------------------------------------------------------------- records
+
+
+def test_step_record_from_means_sums_the_terms_and_round_trips() -> None:
+    record = StepRecord.from_means(5, {"time": 0.2, "data_time": 0.1, "lr": 1e-4, "loss_cls": 1.5,
+                                       "loss_mask": 2.0})
+    assert record.total_loss == 3.5 and record.losses == {"loss_cls": 1.5, "loss_mask": 2.0}
+    assert record.to_dict() == {"type": "train", "iteration": 5, "time": 0.2, "data_time": 0.1, "lr": 1e-4,
+                                "total_loss": 3.5, "loss_cls": 1.5, "loss_mask": 2.0}
+    assert parse_record(json.loads(json.dumps(record.to_dict()))) == record
+    assert parse_record({"type": "eval", "iteration": 5, "AP": 0.5}) == EvalRecord(5, {"AP": 0.5})
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"lr": "high"}, "'lr' must be a number, got 'high'"),
+    ({"iteration": 1.5}, "'iteration' must be a whole number"),
+    ({"loss": 3.5}, "unknown key 'loss' \\(loss terms are named loss_\\*\\)"),
+    ({"total_loss": 4.0}, "'total_loss' 4.0 is not the sum of the loss terms 3.5"),
+    ({"type": "step"}, "'type' must be one of \\['train', 'eval'\\]"),
+])
+def test_off_schema_records_are_refused(change: dict, message: str) -> None:
+    good = {"type": "train", "iteration": 1, "time": 0.1, "data_time": 0.0, "lr": 1e-4, "total_loss": 3.5,
+            "loss_cls": 1.5, "loss_mask": 2.0}
+    with pytest.raises(RecordError, match=message):
+        parse_record({**good, **change})
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -164,6 +192,7 @@ def test_train_writes_records_checkpoints_and_eval(synth: DataSpec, tmp_path: Pa
     assert (tmp_path / "model_0000002.pth").is_file()
     records = read_records(tmp_path / "metrics.jsonl")
     assert records == json.loads(json.dumps(received))
+    assert [parse_record(r).to_dict() for r in records] == records  # every line follows the schema
     steps = [r for r in records if r["type"] == "train"]
     assert [r["iteration"] for r in steps] == [1, 2, 3]
     for r in steps:

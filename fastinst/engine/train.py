@@ -36,6 +36,7 @@ from fastinst.data.coco import CocoInstanceDataset
 from fastinst.data.spec import DataSpec
 from fastinst.data.transforms import EvalTransform, TrainTransform, build_train_loader
 from fastinst.engine.evaluate import coco_evaluate, run_inference
+from fastinst.engine.records import EvalRecord, StepRecord
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, 
 LAST_CHECKPOINT = "last_checkpoint"
 FINAL_CHECKPOINT = "model_final.pth"
 
-Record = dict[str, Any]
+Record = dict[str, Any]  # a record's flat JSON object (fastinst.engine.records)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -266,17 +267,18 @@ def load_checkpoint(path: Path, state: TrainState, rank: int, cfg: Config) -> di
 
 
 class RecordWriter:
-    """Appends records to ``metrics.jsonl`` (rank 0) and passes them to ``on_record``."""
+    """Appends records to ``metrics.jsonl`` (rank 0) and passes their JSON objects to ``on_record``."""
 
     def __init__(self, path: Path | None, on_record: Callable[[Record], None] | None) -> None:
         self.path, self.on_record = path, on_record
 
-    def __call__(self, record: Record) -> None:
+    def __call__(self, record: StepRecord | EvalRecord) -> None:
+        data = record.to_dict()
         if self.path is not None:
             with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(data) + "\n")
         if self.on_record is not None:
-            self.on_record(record)
+            self.on_record(data)
 
 
 @dataclass
@@ -472,17 +474,16 @@ def _loop(cfg: Config, data: DataSpec, model: nn.Module, state: TrainState,
         batch, data_time = next(batches)
         terms, lr = train_step(model, state, batch, cfg, d, amp)
         it = state.iteration
-        window.add({**terms, "total_loss": sum(terms.values()), "lr": lr, "data_time": data_time,
-                    "time": time.perf_counter() - step_start})
+        window.add({**terms, "lr": lr, "data_time": data_time, "time": time.perf_counter() - step_start})
         bar.update(1)
         if it % s.log_period == 0 or it == stop:
-            record = {"type": "train", "iteration": it, **window.means()}
+            record = StepRecord.from_means(it, window.means())
             window = Window()
-            bar.set_postfix(loss=f"{record['total_loss']:.3f}", lr=f"{record['lr']:.2e}")
+            bar.set_postfix(loss=f"{record.total_loss:.3f}", lr=f"{record.lr:.2e}")
             if d.main:
                 write(record)
                 logger.info("iter %d/%d  loss %.4f  lr %.3g  %.3fs/it (data %.3fs)", it, stop,
-                            record["total_loss"], record["lr"], record["time"], record["data_time"])
+                            record.total_loss, record.lr, record.time, record.data_time)
         done = it == stop
         if (s.checkpoint_period > 0 and it % s.checkpoint_period == 0) or done:
             _checkpoint(out, state, cfg, d)
@@ -508,7 +509,7 @@ def _periodic_eval(model: nn.Module, cfg: Config, data: DataSpec, d: Dist, write
         rng = rng_state()  # the eval loader draws a seed: keep the training stream as if no eval ran
         metrics = evaluate_model(_unwrap(model), cfg, data, d.device)
         set_rng_state(rng)
-        write({"type": "eval", "iteration": iteration, **metrics})
+        write(EvalRecord(iteration, metrics))
         logger.info("eval at iter %d: AP %.4f AP50 %.4f AP75 %.4f", iteration, metrics["AP"], metrics["AP50"],
                     metrics["AP75"])
     _barrier(d)
