@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from fastinst.config import ConfigError
+from fastinst.data.spec import DatasetError
 
 COMMANDS = [
     "fastinst.commands.analyze",
@@ -37,7 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"fastinst: config error: {exc}", file=sys.stderr)
-        return 2
+    except DatasetError as exc:
+        print(f"fastinst: data error: {exc}", file=sys.stderr)
+    except ValueError as exc:
+        from fastinst.checkpoint import CheckpointError  # imports torch: only once something failed
+
+        if not isinstance(exc, CheckpointError):
+            raise
+        print(f"fastinst: weights error: {exc}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

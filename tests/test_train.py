@@ -262,6 +262,28 @@ def test_cli_train_and_bench(synth: DataSpec, tmp_path: Path, capsys: pytest.Cap
     assert out["num_images"] == 2 and out["fps"] > 0
 
 
+@pytest.mark.parametrize("command", ["eval", "bench", "train"])
+def test_cli_names_a_non_checkpoint_weights_file_in_one_line(synth: DataSpec, tmp_path: Path, command: str,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """``eval``/``bench --weights`` and ``train``'s resume: exit 2, one line naming the file, no traceback."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_config().to_yaml())
+    bad = tmp_path / "run" / "notackpt.pth"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a checkpoint at all")
+    if command == "train":
+        (bad.parent / "last_checkpoint").write_text(bad.name + "\n")
+        args = ["train", str(config), "--train-json", str(synth.train_json), "--train-images",
+                str(synth.train_images), "--out", str(bad.parent)]
+    else:
+        args = [command, str(config), "--weights", str(bad), "--val-json", str(synth.val_json), "--val-images",
+                str(synth.val_images), "--images", "1", "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad}: not a readable PyTorch checkpoint" in err
+    assert "weights_only" not in err and "Traceback" not in err
+
+
 # --------------------------------------------------------------------------- distributed
 
 

@@ -99,7 +99,8 @@ def predictions_from_outputs(outputs: list[dict[str, torch.Tensor]], image_ids: 
     return results
 
 
-def _check_classes(cfg: Config, dataset: CocoInstanceDataset) -> None:
+def check_num_classes(cfg: Config, dataset: CocoInstanceDataset) -> None:
+    """Refuse a config whose ``model.num_classes`` differs from the dataset's category count."""
     if cfg.model.num_classes != dataset.num_classes:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} but {dataset.json_path} has "
                           f"{dataset.num_classes} categories; set model.num_classes={dataset.num_classes}")
@@ -139,10 +140,8 @@ def evaluate(cfg: Config, weights: str | Path | None, data: DataSpec, max_images
     from fastinst import build_model
 
     json_path, image_dir = data.split("val")
-    if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"weights file not found: {weights}")
     dataset = CocoInstanceDataset(json_path, image_dir, transform=EvalTransform(cfg))
-    _check_classes(cfg, dataset)
+    check_num_classes(cfg, dataset)
     subset: CocoInstanceDataset | Subset = dataset
     if max_images is not None and max_images < len(dataset):
         subset = Subset(dataset, range(max_images))

@@ -31,11 +31,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from fastinst.checkpoint import read_checkpoint
 from fastinst.config import Config, ConfigError
 from fastinst.data.coco import CocoInstanceDataset
 from fastinst.data.spec import DataSpec
 from fastinst.data.transforms import EvalTransform, TrainTransform, build_train_loader
-from fastinst.engine.evaluate import coco_evaluate, run_inference
+from fastinst.engine.evaluate import check_num_classes, coco_evaluate, run_inference
 from fastinst.engine.records import EvalRecord, StepRecord
 
 logger = logging.getLogger(__name__)
@@ -238,6 +239,11 @@ def save_checkpoint(path: Path, state: TrainState, rng: list[dict[str, Any]], cf
     (path.parent / LAST_CHECKPOINT).write_text(path.name + "\n")
 
 
+def checkpoint_name(cfg: Config, iteration: int) -> str:
+    """The file a checkpoint after ``iteration`` iterations is saved as (``model_final.pth`` at the end)."""
+    return FINAL_CHECKPOINT if iteration >= cfg.solver.max_iter else f"model_{iteration:07d}.pth"
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
     """The checkpoint ``out_dir/last_checkpoint`` names, if both exist."""
     pointer = out_dir / LAST_CHECKPOINT
@@ -248,8 +254,14 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, state: TrainState, rank: int, cfg: Config) -> dict[str, Any]:
-    """Restore ``state`` from ``path`` (written by ``save_checkpoint``); return this rank's RNG state."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    """Restore ``state`` from ``path`` (written by ``save_checkpoint``); return this rank's RNG state.
+
+    An unreadable file raises ``fastinst.checkpoint.CheckpointError`` (one line naming it)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        read_checkpoint(path)  # the same load, failing with the one-line reason
+        raise
     if payload.get("config_hash") != cfg.hash():
         logger.warning("resuming from %s, which was written with a different config", path)
     state.model.load_state_dict(payload["model"])
@@ -355,9 +367,7 @@ def evaluate_model(model: nn.Module, cfg: Config, data: DataSpec, device: torch.
 
 def _check_data(cfg: Config, dataset: CocoInstanceDataset, d: Dist) -> int:
     """Per-rank batch size; checks classes and that the batch splits over the ranks."""
-    if cfg.model.num_classes != dataset.num_classes:
-        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but {dataset.json_path} has "
-                          f"{dataset.num_classes} categories; set model.num_classes={dataset.num_classes}")
+    check_num_classes(cfg, dataset)
     if cfg.solver.batch_size % d.world_size:
         raise ConfigError(f"solver.batch_size={cfg.solver.batch_size} is not divisible by the "
                           f"{d.world_size} processes")
@@ -434,7 +444,7 @@ def _train(cfg: Config, data: DataSpec, out: Path, on_record: Callable[[Record],
         started = time.perf_counter()
         metrics = _loop(cfg, data, model, state, batches, stop, d, amp, write, out, progress)
     final = state.iteration >= s.max_iter
-    path = out / (FINAL_CHECKPOINT if final else f"model_{state.iteration:07d}.pth")
+    path = out / checkpoint_name(cfg, state.iteration)
     return {"checkpoint": str(path), "iterations": state.iteration, "finished": final,
             "seconds": time.perf_counter() - started, "world_size": d.world_size, **metrics}
 
@@ -496,8 +506,7 @@ def _loop(cfg: Config, data: DataSpec, model: nn.Module, state: TrainState,
 def _checkpoint(out: Path, state: TrainState, cfg: Config, d: Dist) -> None:
     rng = _gather_rng(d)
     if d.main:
-        name = FINAL_CHECKPOINT if state.iteration >= cfg.solver.max_iter else f"model_{state.iteration:07d}.pth"
-        save_checkpoint(out / name, state, rng, cfg)
+        save_checkpoint(out / checkpoint_name(cfg, state.iteration), state, rng, cfg)
     _barrier(d)
 
 
