@@ -14,7 +14,7 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
@@ -59,6 +59,8 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except UnidentifiedImageError:
+        raise MediaError(f"{path}: not a readable image (not in a format Pillow can decode)") from None
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's decoders raise all three on corrupt files
         raise MediaError(f"{path}: not a readable image ({exc})") from None
 

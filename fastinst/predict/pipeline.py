@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -17,6 +18,8 @@ from fastinst.engine.visualize import draw_predictions
 from fastinst.predict.media import MediaError, VideoReader, VideoWriter, is_video, read_image
 from fastinst.predict.predictor import Prediction, Predictor
 from fastinst.predict.results import CocoResults
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -30,7 +33,7 @@ class PredictReport:
     failures: list[str] = field(default_factory=list)
 
 
-def _batches(items: Iterable[tuple[str, np.ndarray]], size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(items)
     while batch := list(itertools.islice(it, size)):
         yield batch
@@ -75,63 +78,97 @@ def predict_files(predictor: Predictor, paths: list[Path], out_dir: str | Path, 
     ``results.json`` holds all predictions. ``on_error`` is told each failure as it happens."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report, coco, names = PredictReport(), CocoResults(predictor.categories), _Names(out, paths)
-    bar = tqdm(total=_total_units(paths), desc="predict", unit="img", disable=not progress)
-
-    def fail(message: str) -> None:
-        report.failures.append(message)
-        if on_error is not None:
-            on_error(message)
-
-    def overlay(image: np.ndarray, pred: Prediction) -> np.ndarray:
-        report.instances += int((pred.scores >= score_threshold).sum())
-        return np.asarray(draw_predictions(image, pred.masks.numpy(), pred.names, pred.scores.tolist(),
-                                           score_threshold))
-
-    def readable_images(group: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
-        for path in group:
-            try:
-                yield str(path), read_image(path)
-            except MediaError as exc:
-                fail(str(exc))
-                bar.update(1)
-
-    for video, group in itertools.groupby(paths, key=is_video):
-        if video:
-            for path in group:
-                _predict_video(predictor, path, names(path.stem, ".mp4"), coco, report, bar, overlay, fail)
-            continue
-        for batch in _batches(readable_images(list(group)), predictor.batch_size):
-            for (name, image), pred in zip(batch, predictor.predict_batch([im for _, im in batch])):
-                coco.add(pred, name)
-                path = names(Path(name).stem, ".png")
-                Image.fromarray(overlay(image, pred)).save(path)
-                report.written.append(path)
-                report.images += 1
-            bar.update(len(batch))
-    bar.close()
-    report.written += coco.write(out)
-    return report
-
-
-def _predict_video(predictor: Predictor, path: Path, out_path: Path, coco: CocoResults, report: PredictReport,
-                   bar: tqdm, overlay: Callable[[np.ndarray, Prediction], np.ndarray],
-                   fail: Callable[[str], None]) -> None:
-    """Predict every frame of the video ``path`` and encode the overlays at its frame rate to ``out_path``."""
+    run = _Run(predictor, CocoResults(predictor.categories), _Names(out, paths), score_threshold, on_error,
+               tqdm(total=_total_units(paths), desc="predict", unit="img", disable=not progress))
     try:
-        with VideoReader(path) as video, VideoWriter(out_path, video.fps) as writer:
-            index = 0
-            for batch in _batches(((str(path), frame) for frame in video), predictor.batch_size):
-                for (_, frame), pred in zip(batch, predictor.predict_batch([f for _, f in batch])):
-                    coco.add(pred, str(path), frame_index=index)
-                    writer.write(overlay(frame, pred))
-                    index += 1
-                report.frames += len(batch)
-                bar.update(len(batch))
-        if index == 0:
-            out_path.unlink(missing_ok=True)
-            fail(f"{path}: no frames could be decoded")
+        for video, group in itertools.groupby(paths, key=is_video):
+            for item in (group if video else [list(group)]):
+                run.video(item) if video else run.images(item)
+    finally:
+        run.bar.close()
+        run.report.written += run.coco.write(out)
+    return run.report
+
+
+@dataclass
+class _Run:
+    predictor: Predictor
+    coco: CocoResults
+    names: _Names
+    score_threshold: float
+    on_error: Callable[[str], None] | None
+    bar: tqdm
+    report: PredictReport = field(default_factory=PredictReport)
+
+    def fail(self, message: str) -> None:
+        self.report.failures.append(message)
+        if self.on_error is not None:
+            self.on_error(message)
+
+    def predict(self, images: list[np.ndarray], what: str) -> list[Prediction]:
+        """The predictions of a batch; a model error becomes a :class:`MediaError` naming ``what``."""
+        try:
+            return self.predictor.predict_batch(images)
+        except (ValueError, RuntimeError) as exc:  # e.g. an image too small for the queries, out of memory
+            raise MediaError(f"{what}: prediction failed ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
+
+    def overlay(self, image: np.ndarray, pred: Prediction) -> np.ndarray:
+        self.report.instances += int((pred.scores >= self.score_threshold).sum())
+        return np.asarray(draw_predictions(image, pred.masks.numpy(), pred.names, pred.scores.tolist(),
+                                           self.score_threshold))
+
+    def _readable(self, paths: list[Path]) -> Iterator[tuple[Path, np.ndarray]]:
+        for path in paths:
+            try:
+                yield path, read_image(path)
+            except MediaError as exc:
+                self.fail(str(exc))
+                self.bar.update(1)
+
+    def images(self, paths: list[Path]) -> None:
+        """Overlay PNGs and results of image files, ``batch_size`` at a time."""
+        for batch in _batches(self._readable(paths), self.predictor.batch_size):
+            self._predict_images(batch)
+
+    def _predict_images(self, batch: list[tuple[Path, np.ndarray]]) -> None:
+        try:
+            preds = self.predict([im for _, im in batch], ", ".join(str(p) for p, _ in batch))
+        except MediaError as exc:
+            if len(batch) > 1:  # one by one, so that only the images the model fails on are lost
+                for one in batch:
+                    self._predict_images([one])
+            else:
+                self.fail(str(exc))
+                self.bar.update(1)
             return
-        report.written.append(out_path)
-    except MediaError as exc:
-        fail(str(exc))
+        self._write_images(batch, preds)
+
+    def _write_images(self, batch: list[tuple[Path, np.ndarray]], preds: list[Prediction]) -> None:
+        for (path, image), pred in zip(batch, preds, strict=True):
+            self.coco.add(pred, str(path))
+            out_path = self.names(path.stem, ".png")
+            Image.fromarray(self.overlay(image, pred)).save(out_path)
+            self.report.written.append(out_path)
+            self.report.images += 1
+        self.bar.update(len(batch))
+
+    def video(self, path: Path) -> None:
+        """Predict every frame of the video ``path``; encode the overlays at its frame rate to ``<stem>.mp4``."""
+        out_path, index = self.names(path.stem, ".mp4"), 0
+        try:
+            with VideoReader(path) as video, VideoWriter(out_path, video.fps) as writer:
+                for frames in _batches(iter(video), self.predictor.batch_size):
+                    preds = self.predict(frames, f"{path} frames {index}-{index + len(frames) - 1}")
+                    for frame, pred in zip(frames, preds, strict=True):
+                        self.coco.add(pred, str(path), frame_index=index)
+                        writer.write(self.overlay(frame, pred))
+                        index += 1
+                    self.report.frames += len(frames)
+                    self.bar.update(len(frames))
+            if index == 0:
+                raise MediaError(f"{path}: no frames could be decoded")
+            self.report.written.append(out_path)
+        except MediaError as exc:
+            self.fail(str(exc))
+            if index == 0:
+                out_path.unlink(missing_ok=True)

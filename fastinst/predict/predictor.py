@@ -155,8 +155,7 @@ def to_tensor(image: ImageInput) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
             raise ValueError(f"an image array must be (H, W, 3) or (H, W) uint8 RGB, got {image.shape} {image.dtype}")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1) if image.ndim == 3 \
-            else torch.from_numpy(image)[None].expand(3, -1, -1)
+        image = torch.tensor(image).permute(2, 0, 1) if image.ndim == 3 else torch.tensor(image)[None].expand(3, -1, -1)
     if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"an image tensor must be (3, H, W) RGB, got {tuple(getattr(image, 'shape', ()))}")
     return image.detach().to("cpu", torch.float32)
