@@ -61,8 +61,8 @@ def predictor(data: dict[str, Path]) -> Predictor:
     return Predictor(CONFIG, data["weights"], device="cpu", batch_size=2, overrides=TINY)
 
 
-def _predict(*args: str) -> int:
-    return cli.main(["predict", str(CONFIG), *SETS, *args, "--device", "cpu", "--no-progress"])
+def _predict(*args: str, progress: bool = False) -> int:
+    return cli.main(["predict", str(CONFIG), *SETS, *args, "--device", "cpu", *([] if progress else ["--no-progress"])])
 
 
 def test_predictor_takes_arrays_tensors_and_paths_alone_or_batched(predictor: Predictor, data: dict[str, Path]) -> None:
@@ -131,8 +131,10 @@ def test_unreadable_video_is_named_and_globs_still_run(data: dict[str, Path], tm
     bad.write_bytes(b"not a video at all" * 10)
     image = sorted(data["images"].glob("*.png"))[0]
     out = tmp_path / "out"
-    code = _predict(str(bad), str(image.parent / "00000[0].png"), "--out", str(out))
-    assert code == 1 and f"{bad}: not a readable video" in capsys.readouterr().err
+    code = _predict(str(bad), str(image.parent / "00000[0].png"), "--out", str(out), progress=True)
+    err = capsys.readouterr().err
+    assert code == 1 and f"{bad}: not a readable video" in err
+    assert "predict: 100%" in err and "1/1" in err  # the bar counts images and frames (the bad video has none)
     assert [p.name for p in out.glob("*.png")] == [image.name] and not (out / "bad.mp4").exists()
     assert len(json.loads((out / "images.json").read_text())["images"]) == 1
     assert json.loads((out / "images.json").read_text())["categories"][0] == {"id": 0, "name": "class 0"}

@@ -72,7 +72,9 @@ class VideoReader:
         self.path = Path(path)
         try:
             self._container = av.open(str(path))
-        except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        except av.FFmpegError as exc:
+            raise MediaError(f"{path}: not a readable video ({exc.strerror})") from None
+        except OSError as exc:
             raise MediaError(f"{path}: not a readable video ({exc})") from None
         if not self._container.streams.video:
             self._container.close()
@@ -87,7 +89,7 @@ class VideoReader:
             for frame in self._container.decode(self._stream):
                 yield frame.to_ndarray(format="rgb24")
         except av.FFmpegError as exc:
-            raise MediaError(f"{self.path}: video decoding failed ({exc})") from None
+            raise MediaError(f"{self.path}: video decoding failed ({exc.strerror})") from None
 
     def close(self) -> None:
         self._container.close()
