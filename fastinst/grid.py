@@ -11,10 +11,11 @@ A grid file::
     rows:                           # explicit rows for tables that are not products
       - {name: baseline, overrides: {model.query_init: learnable}}
     seeds: 3                        # a count (0, 1, 2) or a list of seeds
-    stages: [train, eval, analyze]  # subset of train, eval, analyze, bench (or noop)
+    stages: [train, eval, analyze]  # names of the runner's stages (runner/stages.py)
     stage_options: {bench: {images: 100}}
     data: ../../data/coco_tiny      # a folder, or {train_json, train_images, val_json, val_images}
     resources: {gpus: 1}
+    speed: {device: cuda, dtype: float32, backend: eager}  # the table's reference speed setting
     reference: baseline             # optional: the row others are compared with
     priority: 0
     max_attempts: 3
@@ -22,6 +23,13 @@ A grid file::
 When ``rows`` and ``axes``/``zip`` are both given, every explicit row is combined with every
 product combination. The rows' configs are validated before anything is returned; errors name the
 file, the line and the key (``GridError``).
+
+Stages belong to the runner: ``stages``/``stage_options`` are checked against the catalog passed as
+``stages=`` (``runner.stages.STAGES``: names, typed options, which stages need data). Without one,
+only their structure is checked (names are strings, options are mappings), which is all that
+``fastinst analyze-grid`` needs. ``speed`` names the device type, dtype and backend whose FPS the
+grid's tables and plots show (default: ``cpu``/``float32``/``eager`` for ``gpus: 0`` grids,
+``cuda``/``float32``/``eager`` otherwise).
 
 A row's ``hash`` identifies its variant independently of the seed: it is the canonical hash of
 its resolved config with ``seed`` set to 0. ``Row.config_for_seed(seed)`` gives the config a run
@@ -34,35 +42,60 @@ import dataclasses
 import difflib
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from fastinst.config import Config, ConfigError, all_keys, config_from_dict, read_yaml
 
-STAGES = ("train", "eval", "analyze", "bench", "noop")
-# Options each stage accepts under ``stage_options`` (passed to the stage by the runner).
-STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "train": (),
-    "eval": ("weights", "vis_images"),
-    "analyze": ("size",),
-    "bench": ("weights", "images"),
-    "noop": ("sleep", "fail_attempts", "records", "metrics"),
-}
-# Options that are image counts, with their smallest allowed value.
-COUNT_OPTIONS: dict[tuple[str, str], int] = {("eval", "vis_images"): 0, ("bench", "images"): 1}
+DEFAULT_STAGES = ["train", "eval", "analyze"]
 DATA_KEYS = ("root", "train_json", "train_images", "val_json", "val_images")
 TOP_KEYS = (
     "name", "base", "axes", "zip", "rows", "seeds", "stages", "stage_options", "data",
-    "resources", "reference", "priority", "max_attempts", "description",
+    "resources", "speed", "reference", "priority", "max_attempts", "description",
 )
-NEEDS_DATA = ("train", "eval", "bench")
+SPEED_DEVICES = ("cpu", "cuda")
+SPEED_DTYPES = ("float32", "float16", "bfloat16")
 
 
 class GridError(ValueError):
     """A grid file is invalid; the message names the file, line and key."""
+
+
+class StageOptionError(ValueError):
+    """A stage option is unknown or has a bad value; ``key`` names the option."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StageSpec(Protocol):
+    """What a grid needs to know of a stage (``runner.stages.Stage`` provides it)."""
+
+    @property
+    def needs_data(self) -> bool: ...
+
+    @property
+    def runs_alone(self) -> bool: ...
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Raise ``StageOptionError`` for an unknown option or a bad value."""
+
+
+@dataclass(frozen=True)
+class SpeedSetting:
+    """Where a grid's FPS are compared: device type (``cpu``/``cuda``), dtype and backend."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    backend: str = "eager"
+
+    def __str__(self) -> str:
+        return f"{self.device}/{self.dtype}/{self.backend}"
 
 
 @dataclass
@@ -94,6 +127,7 @@ class Grid:
     priority: int = 0
     max_attempts: int = 3
     spec: dict[str, Any] = field(default_factory=dict)
+    speed: SpeedSetting = field(default_factory=SpeedSetting)
 
 
 def variant_hash(cfg: Config) -> str:
@@ -235,23 +269,30 @@ def _seeds(spec: dict[str, Any], base: dict[str, Any], chk: _Checker) -> list[in
     return seeds
 
 
-def _stages(spec: dict[str, Any], chk: _Checker) -> list[str]:
-    stages = spec.get("stages", ["train", "eval", "analyze"])
+def _stages(spec: dict[str, Any], catalog: Mapping[str, StageSpec] | None, chk: _Checker) -> list[str]:
+    """The grid's stages, in the catalog's (execution) order; as given when there is no catalog."""
+    stages = spec.get("stages", DEFAULT_STAGES)
     if not isinstance(stages, list) or not stages:
         raise chk.error(("stages",), f"expected a non-empty list of stages, got {stages!r}")
     for i, stage in enumerate(stages):
-        if stage not in STAGES:
-            close = difflib.get_close_matches(str(stage), STAGES, n=1)
+        if not isinstance(stage, str) or (catalog is not None and stage not in catalog):
+            known = list(catalog or ())
+            close = difflib.get_close_matches(str(stage), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise chk.error(("stages", i), f"unknown stage {stage!r} (choose from {list(STAGES)}){hint}")
+            choose = f" (choose from {known})" if catalog is not None else ""
+            raise chk.error(("stages", i), f"unknown stage {stage!r}{choose}{hint}")
     if len(set(stages)) != len(stages):
         raise chk.error(("stages",), f"repeated stage in {stages}")
-    if "noop" in stages and len(stages) > 1:
-        raise chk.error(("stages",), "the noop stage runs alone")
-    return [s for s in STAGES if s in stages]
+    if catalog is None:
+        return list(stages)
+    for stage in stages:
+        if catalog[stage].runs_alone and len(stages) > 1:
+            raise chk.error(("stages",), f"the {stage} stage runs alone")
+    return [s for s in catalog if s in stages]
 
 
-def _stage_options(spec: dict[str, Any], stages: list[str], chk: _Checker) -> dict[str, dict[str, Any]]:
+def _stage_options(spec: dict[str, Any], stages: list[str], catalog: Mapping[str, StageSpec] | None,
+                   chk: _Checker) -> dict[str, dict[str, Any]]:
     options = spec.get("stage_options") or {}
     if not isinstance(options, dict):
         raise chk.error(("stage_options",), f"expected a mapping stage → options, got {options!r}")
@@ -260,22 +301,21 @@ def _stage_options(spec: dict[str, Any], stages: list[str], chk: _Checker) -> di
             raise chk.error(("stage_options", stage), f"options for {stage!r}, which is not in stages {stages}")
         if not isinstance(opts, dict):
             raise chk.error(("stage_options", stage), f"expected a mapping, got {opts!r}")
-        for key in opts:
-            if key not in STAGE_OPTIONS[stage]:
-                raise chk.error(("stage_options", stage, key),
-                                f"unknown option {key!r} for stage {stage!r} (known: {list(STAGE_OPTIONS[stage])})")
-            low = COUNT_OPTIONS.get((stage, key))
-            value = opts[key]
-            if low is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise chk.error(("stage_options", stage, key), f"{stage}.{key}: expected an integer >= {low}, got {value!r}")
+        if catalog is not None:
+            try:
+                catalog[stage].check_options(opts)
+            except StageOptionError as exc:
+                raise chk.error(("stage_options", stage, exc.key), str(exc)) from None
     return {stage: dict(opts) for stage, opts in options.items()}
 
 
-def _data(spec: dict[str, Any], root: Path, stages: list[str], chk: _Checker) -> dict[str, str] | None:
+def _data(spec: dict[str, Any], root: Path, stages: list[str], catalog: Mapping[str, StageSpec] | None,
+          chk: _Checker) -> dict[str, str] | None:
     data = spec.get("data")
     if data is None:
-        if any(s in NEEDS_DATA for s in stages):
-            raise chk.error(("stages",), f"stages {[s for s in stages if s in NEEDS_DATA]} need 'data'")
+        needing = [s for s in stages if catalog is not None and catalog[s].needs_data]
+        if needing:
+            raise chk.error(("stages",), f"stages {needing} need 'data'")
         return None
     paths = {"root": data} if isinstance(data, str) else data
     if not isinstance(paths, dict):
@@ -305,6 +345,29 @@ def _resources(spec: dict[str, Any], chk: _Checker) -> dict[str, int]:
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
         raise chk.error(("resources", "gpus"), f"gpus: expected an integer >= 0, got {gpus!r}")
     return {"gpus": gpus}
+
+
+def _speed(spec: dict[str, Any], gpus: int, chk: _Checker) -> SpeedSetting:
+    """The ``speed`` field (device, dtype, backend); unset keys default by ``resources.gpus``."""
+    given = spec.get("speed") or {}
+    if not isinstance(given, dict):
+        raise chk.error(("speed",), f"expected a mapping {{device, dtype, backend}}, got {given!r}")
+    choices = {"device": SPEED_DEVICES, "dtype": SPEED_DTYPES, "backend": None}
+    for key, value in given.items():
+        if key not in choices:
+            raise chk.error(("speed", key), f"unknown key {key!r} (known: {list(choices)})")
+        allowed = choices[key]
+        if not isinstance(value, str) or not value or (allowed is not None and value not in allowed):
+            wanted = f"one of {list(allowed)}" if allowed is not None else "a backend name"
+            raise chk.error(("speed", key), f"{key}: expected {wanted}, got {value!r}")
+    return SpeedSetting(given.get("device", "cpu" if gpus == 0 else "cuda"), given.get("dtype", "float32"),
+                        given.get("backend", "eager"))
+
+
+def reference_speed(spec: dict[str, Any]) -> SpeedSetting:
+    """The speed setting of a (validated) grid mapping, e.g. a grid's spec stored in the results database."""
+    chk = _Checker("<grid>", _Lines(""))
+    return _speed(spec, _resources(spec, chk)["gpus"], chk)
 
 
 def _int_field(spec: dict[str, Any], key: str, default: int, minimum: int, chk: _Checker) -> int:
@@ -376,8 +439,11 @@ def _explicit_rows(spec: dict[str, Any], axis_keys: list[str], base: dict[str, A
 
 
 def parse_grid(spec: Any, source: str = "<grid>", root: Path | None = None, text: str | None = None,
-               path: Path | None = None) -> Grid:
-    """Validate a grid mapping (``text``, if given, locates errors by line) and return its rows."""
+               path: Path | None = None, stages: Mapping[str, StageSpec] | None = None) -> Grid:
+    """Validate a grid mapping (``text``, if given, locates errors by line) and return its rows.
+
+    ``stages``: the runner's stage catalog to check ``stages``/``stage_options`` against (see the module
+    docstring)."""
     chk = _Checker(source, _Lines(text) if text is not None else _Lines(""))
     root = root or Path.cwd()
     if not isinstance(spec, dict):
@@ -392,10 +458,12 @@ def parse_grid(spec: Any, source: str = "<grid>", root: Path | None = None, text
         raise chk.error(("name",), f"a grid needs a name, got {name!r}")
     base = _base_mapping(spec, root, chk)
     seeds = _seeds(spec, base, chk)
-    stages = _stages(spec, chk)
-    stage_options = _stage_options(spec, stages, chk)
-    data = _data(spec, root, stages, chk)
+    catalog = stages
+    stage_list = _stages(spec, catalog, chk)
+    stage_options = _stage_options(spec, stage_list, catalog, chk)
+    data = _data(spec, root, stage_list, catalog, chk)
     resources = _resources(spec, chk)
+    speed = _speed(spec, resources["gpus"], chk)
     axis_keys, combos = _combinations(spec, base, chk)
     explicit = _explicit_rows(spec, axis_keys, base, chk)
 
@@ -416,7 +484,7 @@ def parse_grid(spec: Any, source: str = "<grid>", root: Path | None = None, text
             cfg = config_from_dict({**base, **overrides})
         except ConfigError as exc:
             raise chk.error(where, f"row {rname!r}: {exc}") from None
-        rows.append(Row(rname, overrides, cfg, variant_hash(cfg), seeds, stages, resources))
+        rows.append(Row(rname, overrides, cfg, variant_hash(cfg), seeds, stage_list, resources))
 
     reference = spec.get("reference")
     if reference is not None and reference not in seen:
@@ -424,10 +492,10 @@ def parse_grid(spec: Any, source: str = "<grid>", root: Path | None = None, text
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise chk.error(("reference",), f"no row named {reference!r}{hint}")
     return Grid(
-        name=name, path=path, axes=axis_keys, rows=rows, seeds=seeds, stages=stages,
+        name=name, path=path, axes=axis_keys, rows=rows, seeds=seeds, stages=stage_list,
         stage_options=stage_options, data=data, resources=resources, reference=reference,
         priority=_int_field(spec, "priority", 0, -(10**6), chk),
-        max_attempts=_int_field(spec, "max_attempts", 3, 1, chk), spec=spec,
+        max_attempts=_int_field(spec, "max_attempts", 3, 1, chk), spec=spec, speed=speed,
     )
 
 
@@ -442,8 +510,8 @@ def read_grid_yaml(path: Path, what: str = "grid file") -> tuple[Any, str]:
         raise GridError(f"{path}: not valid YAML: {exc}") from None
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read and validate a grid YAML file (see the module docstring)."""
+def load_grid(path: str | Path, stages: Mapping[str, StageSpec] | None = None) -> Grid:
+    """Read and validate a grid YAML file (see the module docstring; ``stages``: as in ``parse_grid``)."""
     path = Path(path)
     spec, text = read_grid_yaml(path)
-    return parse_grid(spec, source=str(path), root=path.parent, text=text, path=path)
+    return parse_grid(spec, source=str(path), root=path.parent, text=text, path=path, stages=stages)

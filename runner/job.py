@@ -21,138 +21,79 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fastinst.config import Config, config_from_dict
-from fastinst.engine.records import EvalRecord, RecordError, StepRecord, parse_record
+from fastinst.config import config_from_dict
+from fastinst.engine.records import EvalRecord, RecordError, parse_record
 from runner import queue
-from runner.db import REPO_ROOT, SUCCEEDED, Artifact, Database, Metrics, Run, TrainRecord, resolve_url, utcnow
+from runner.db import (
+    REPO_ROOT,
+    SUCCEEDED,
+    Artifact,
+    Database,
+    Metrics,
+    Run,
+    SpeedMeasurement,
+    TrainRecord,
+    resolve_url,
+    utcnow,
+)
+from runner.stages import STAGES, JobContext
 
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs"
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pycocotools", "sqlalchemy", "fastinst-lab")
-EVAL_KEYS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100")
 
 
 def run_dir_for(runs_dir: str | Path, grid: str, run_id: int) -> Path:
     return Path(runs_dir) / grid / str(run_id)
 
 
-@dataclass
-class JobContext:
-    """What a stage runner gets: the run, its config and directory, and earlier stages' results."""
-
-    run_id: int
-    attempt: int
-    cfg: Config
-    data: dict[str, Any] | None
-    options: dict[str, dict[str, Any]]
-    run_dir: Path
-    on_record: Callable[[dict[str, Any]], None]
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    artifacts: list[tuple[str, str]] = field(default_factory=list)
-
-    def data_spec(self) -> Any:
-        from fastinst.data import DataSpec
-
-        if self.data is None:
-            raise ValueError("this stage needs data; set 'data' in the grid")
-        if "root" in self.data:
-            return DataSpec.from_folder(self.data["root"])
-        return DataSpec(**self.data)
-
-    def weights(self, stage: str) -> str | None:
-        return self.options.get(stage, {}).get("weights") or self.results.get("train", {}).get("checkpoint")
-
-
-# --------------------------------------------------------------------------- stages
-
-
-def stage_train(ctx: JobContext) -> dict[str, Any]:
-    from fastinst.engine.train import train
-
-    out_dir = ctx.run_dir / "train"
-    result = train(ctx.cfg, ctx.data_spec(), out_dir, on_record=ctx.on_record)
-    if result.get("checkpoint"):
-        ctx.artifacts.append(("checkpoint", str(result["checkpoint"])))
-    if (out_dir / "metrics.jsonl").exists():
-        ctx.artifacts.append(("records", str(out_dir / "metrics.jsonl")))
-    return result
-
-
-def stage_eval(ctx: JobContext) -> dict[str, Any]:
-    """COCO metrics; also draws the first ``vis_images`` (stage option, default 8; 0: none) val images
-    with their predictions into ``<run dir>/predictions`` (artifact kind ``predictions``)."""
-    from fastinst.engine.evaluate import evaluate
-
-    vis_images = int(ctx.options.get("eval", {}).get("vis_images", 8))
-    vis_dir = ctx.run_dir / "predictions"
-    result = evaluate(ctx.cfg, ctx.weights("eval"), ctx.data_spec(), vis_dir=vis_dir, vis_images=vis_images)
-    if vis_images > 0:
-        ctx.artifacts.append(("predictions", str(vis_dir)))
-    return result
-
-
-def stage_analyze(ctx: JobContext) -> dict[str, Any]:
-    from fastinst.engine.analyze import analyze
-
-    size = ctx.options.get("analyze", {}).get("size")
-    return analyze(ctx.cfg, size=tuple(size)) if size else analyze(ctx.cfg)
-
-
-def stage_bench(ctx: JobContext) -> dict[str, Any]:
-    from fastinst.engine.bench import bench
-
-    images = ctx.options.get("bench", {}).get("images", 100)
-    return bench(ctx.cfg, ctx.weights("bench"), ctx.data_spec(), images=images)
-
-
-def stage_noop(ctx: JobContext) -> dict[str, Any]:
-    """No work: for queue tests and overhead benchmarks (optionally sleeps, fails, emits records)."""
-    opts = ctx.options.get("noop", {})
-    if ctx.attempt <= opts.get("fail_attempts", 0):
-        raise RuntimeError(f"noop: failing attempt {ctx.attempt} as asked")
-    for step in range(opts.get("records", 0)):
-        loss = {"loss_cls": 0.5 / (step + 1), "loss_mask": 0.5 / (step + 1)}
-        ctx.on_record(StepRecord.from_means(step + 1, {"time": 0.0, "data_time": 0.0, "lr": 1e-4, **loss}).to_dict())
-    time.sleep(opts.get("sleep", 0.0))
-    return dict(opts.get("metrics", {}))
-
-
-STAGE_RUNNERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
-    "train": stage_train, "eval": stage_eval, "analyze": stage_analyze, "bench": stage_bench, "noop": stage_noop,
-}
+# The registry (runner.stages) is the one place that knows the stages; run_job looks them up here.
+STAGE_RUNNERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {name: s.run for name, s in STAGES.items()}
 
 
 # --------------------------------------------------------------------------- results
 
 
 def metrics_row(run_id: int, results: dict[str, dict[str, Any]], timings: dict[str, float]) -> Metrics:
-    """Map stage results onto the metrics columns; everything else goes to ``extra``."""
-    merged: dict[str, Any] = {}
+    """Map stage results onto the metrics columns each stage produces (``Stage.metrics``); everything
+    else goes to ``extra[stage]`` (a stage's ``speed`` entry goes to the speed table: ``speed_rows``)."""
+    row = Metrics(run_id=run_id)
     extra: dict[str, Any] = {"timings": timings}
-    taken = {"eval": EVAL_KEYS, "analyze": ("params", "gflops"), "bench": ("fps", "device", "dtype"),
-             "noop": (*EVAL_KEYS, "params", "gflops", "fps")}
     for stage, result in results.items():
-        keys = taken.get(stage, ())
-        merged.update({k: v for k, v in result.items() if k in keys})
-        rest = {k: v for k, v in result.items() if k not in keys}
+        columns = STAGES[stage].metrics
+        for key in columns:
+            if result.get(key) is not None:
+                setattr(row, key, int(result[key]) if key == "params" else float(result[key]))
+        rest = {k: v for k, v in result.items() if k not in columns and k != "speed"}
         if rest:
             extra[stage] = rest
-    row = Metrics(run_id=run_id, extra=json.loads(json.dumps(extra, default=str)))
-    for key in (*EVAL_KEYS, "gflops", "fps"):
-        if merged.get(key) is not None:
-            setattr(row, key, float(merged[key]))
-    if merged.get("params") is not None:
-        row.params = int(merged["params"])
-    if merged.get("device") is not None:
-        row.fps_device = str(merged["device"])
-    if merged.get("dtype") is not None:
-        row.fps_dtype = str(merged["dtype"])
+    row.extra = json.loads(json.dumps(extra, default=str))
     return row
+
+
+def speed_row(run_id: int, result: dict[str, Any], source: str) -> SpeedMeasurement:
+    """Map one ``fastinst.engine.bench.bench`` result onto a ``speed`` row (``source``: "stage" | "measure")."""
+    latency = {k: float(result[f"{k}_ms"]) for k in ("mean", "median", "p90", "p99") if f"{k}_ms" in result}
+    packages = {k: result[k] for k in ("torch", "torchvision") if k in result}
+    extra = {k: result[k] for k in ("fps_repeats", "test_size", "weights") if k in result}
+    return SpeedMeasurement(
+        run_id=run_id, device_type=str(result["device_type"]), device=str(result["device"]),
+        dtype=str(result["dtype"]), backend=str(result.get("backend", "eager")), fps=float(result["fps"]),
+        fps_min=float(result["fps_min"]), fps_max=float(result["fps_max"]), latency_ms=latency,
+        repeats=int(result["repeats"]), images=int(result["num_images"]), warmup=int(result["warmup"]),
+        threads=int(result["threads"]), host=str(result["host"]), packages=packages,
+        concurrent=list(result.get("concurrent", [])), source=source, extra=json.loads(json.dumps(extra, default=str)),
+    )
+
+
+def speed_rows(run_id: int, results: dict[str, dict[str, Any]]) -> list[SpeedMeasurement]:
+    """One ``speed`` row per stage result with a ``speed`` entry (stages whose ``Stage.speed`` is set)."""
+    return [speed_row(run_id, result["speed"], "stage") for stage, result in results.items()
+            if STAGES[stage].speed and "speed" in result]
 
 
 def train_record(run_id: int, attempt: int, index: int, record: dict[str, Any]) -> TrainRecord:
@@ -223,8 +164,9 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def device_name() -> str:
-    """``cpu``, or the visible CUDA devices (with the GPU's name when torch is already loaded)."""
+def visible_devices() -> str:
+    """``cpu``, or the visible CUDA devices (with the GPU's name when torch is already loaded): the
+    ``runs.device`` text. (The device a speed row was timed on is ``fastinst.engine.bench.device_name``.)"""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     if not visible:
         return "cpu"
@@ -232,6 +174,9 @@ def device_name() -> str:
     if torch is not None and torch.cuda.is_available():
         return f"cuda:{visible} ({torch.cuda.get_device_name(0)})"
     return f"cuda:{visible}"
+
+
+device_name = visible_devices  # until run_job's _store (runner H4) calls visible_devices
 
 
 def die_with_parent(parent_pid: int | None) -> None:
@@ -303,7 +248,7 @@ def _record_environment(s: Any, run_id: int, token: str, run_dir: str) -> None:
     run.git_commit = git_commit()
     run.packages = package_versions()
     run.run_dir = run_dir
-    run.device = device_name()
+    run.device = visible_devices()
 
 
 def _store(s: Any, run_id: int, token: str, ctx: JobContext, timings: dict[str, float], run_dir: Path) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fastinst.config import config_from_dict
-from fastinst.grid import GridError, load_grid, variant_hash
+from fastinst.grid import GridError, SpeedSetting, load_grid, reference_speed, variant_hash
+from runner.stages import STAGES
 
 
 def write(tmp_path: Path, text: str, name: str = "g.yaml") -> Path:
@@ -97,7 +98,9 @@ def test_explicit_rows_inline_base_and_reference(tmp_path: Path) -> None:
      "g.yaml:3: axes: model.decoder.num_layers: expected a non-empty list of values, got 3"),
     ("stages: [noop]\nzip:\n  - model.num_ia_queries: [10, 20]\n    model.num_aux_queries: [1]\n",
      "g.yaml:3: zip: zipped lists must have equal lengths, got [1, 2]"),
-    ("stages: [noop, tran]\n", "g.yaml:1: stages: unknown stage 'tran'"),
+    ("stages: [noop, tran]\n", "g.yaml:1: stages: unknown stage 'tran' (choose from ['train', 'eval', 'analyze', "
+     "'bench', 'noop']); did you mean 'train'?"),
+    ("stages: [noop, analyze]\n", "g.yaml:1: stages: the noop stage runs alone"),
     ("stages: [train]\n", "g.yaml:1: stages: stages ['train'] need 'data'"),
     ("stages: [noop]\nseeds: 0\n", "g.yaml:2: seeds: a seed count must be >= 1"),
     ("stages: [noop]\naxis:\n  model.decoder.num_layers: [1]\n",
@@ -119,11 +122,18 @@ def test_explicit_rows_inline_base_and_reference(tmp_path: Path) -> None:
     ("stages: [bench]\nstage_options:\n  bench: {images: many}\n",
      "g.yaml:3: stage_options: bench.images: expected an integer >= 1, got 'many'"),
     ("stages: [noop]\naxes:\n  seed: [1, 2]\n", "g.yaml:3: axes: set seeds with the grid's 'seeds'"),
+    ("stages: [noop]\nstage_options:\n  noop:\n    sleeep: 1\n",
+     "g.yaml:4: stage_options: unknown option 'sleeep' for stage 'noop' (known: ['sleep', 'fail_attempts', "
+     "'records', 'metrics'])"),
+    ("stages: [noop]\nspeed: {device: tpu}\n", "g.yaml:2: speed: device: expected one of ['cpu', 'cuda'], got 'tpu'"),
+    ("stages: [noop]\nspeed:\n  dtype: int8\n",
+     "g.yaml:3: speed: dtype: expected one of ['float32', 'float16', 'bfloat16'], got 'int8'"),
+    ("stages: [noop]\nspeed:\n  devices: cpu\n", "g.yaml:3: speed: unknown key 'devices'"),
 ])
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, "name: g\n" + text)
     with pytest.raises(GridError) as info:
-        load_grid(path)
+        load_grid(path, stages=STAGES)
     message = str(info.value)
     # Lines are counted in the written file, whose first line is "name: g".
     file_part, rest = expected.split(":", 1)
@@ -152,7 +162,28 @@ def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
 def test_data_paths_resolve_relative_to_the_grid(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "val.json").write_text("{}")
-    grid = load_grid(write(tmp_path, "stages: [eval]\ndata: {val_json: d/val.json, val_images: d}\n"))
+    grid = load_grid(write(tmp_path, "stages: [eval]\ndata: {val_json: d/val.json, val_images: d}\n"), STAGES)
     assert grid.data == {"val_json": str(tmp_path / "d" / "val.json"), "val_images": str(tmp_path / "d")}
-    grid = load_grid(write(tmp_path, "stages: [train, eval]\ndata: d\n"))
-    assert grid.data == {"root": str(tmp_path / "d")} and grid.stages == ["train", "eval"]
+    grid = load_grid(write(tmp_path, "stages: [eval, train]\ndata: d\n"), STAGES)
+    assert grid.data == {"root": str(tmp_path / "d")} and grid.stages == ["train", "eval"]  # the registry's order
+
+
+def test_without_a_stage_catalog_only_the_structure_is_checked(tmp_path: Path) -> None:
+    """What ``fastinst analyze-grid`` reads: stage names and options are not the library's business."""
+    path = write(tmp_path, "stages: [analyze, custom]\nstage_options: {custom: {anything: 1}}\n")
+    grid = load_grid(path)
+    assert grid.stages == ["analyze", "custom"] and grid.stage_options == {"custom": {"anything": 1}}
+    with pytest.raises(GridError, match="unknown stage 'custom'"):
+        load_grid(path, stages=STAGES)
+    with pytest.raises(GridError, match=r"g.yaml:1: stages: unknown stage 3"):
+        load_grid(write(tmp_path, "stages: [analyze, 3]\n"))
+
+
+def test_speed_setting_defaults_by_resources(tmp_path: Path) -> None:
+    cpu = load_grid(write(tmp_path, "stages: [noop]\nresources: {gpus: 0}\n"), STAGES)
+    gpu = load_grid(write(tmp_path, "stages: [noop]\n"), STAGES)  # resources default: one GPU per run
+    chosen = load_grid(write(tmp_path, "stages: [noop]\nspeed: {dtype: float16, backend: onnxruntime}\n"), STAGES)
+    assert cpu.speed == SpeedSetting("cpu", "float32", "eager")
+    assert gpu.speed == SpeedSetting("cuda", "float32", "eager")
+    assert chosen.speed == SpeedSetting("cuda", "float16", "onnxruntime") and str(chosen.speed) == "cuda/float16/onnxruntime"
+    assert reference_speed(chosen.spec) == chosen.speed and reference_speed({"resources": {"gpus": 0}}) == cpu.speed

@@ -1,0 +1,277 @@
+"""The runner's stages, in one registry: name → run function, typed options, data needed, products.
+
+A grid's ``stages`` name entries of ``STAGES`` (they run in the registry's order) and its
+``stage_options: {stage: {option: value}}`` are checked against the stage's options dataclass when
+the grid is read (``load_grid``/``parse_grid`` here pass the registry to ``fastinst.grid``), with
+errors naming the file, line and key. A job gets the options with their defaults filled in from
+``JobContext.options_for(stage)``.
+
+What a stage produces: ``metrics`` (columns of the ``metrics`` table it fills; everything else in
+its result goes to ``metrics.extra[stage]``), ``artifacts`` (kinds of files it records) and
+``speed`` (it yields speed measurements). ``exclusive`` stages time something and must run alone
+on their host; ``runs_alone`` stages cannot be combined with other stages in one grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from fastinst.config import Config
+from fastinst.engine.records import StepRecord
+from fastinst.grid import Grid, StageOptionError
+from fastinst.grid import load_grid as _load_grid
+from fastinst.grid import parse_grid as _parse_grid
+
+EVAL_KEYS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100")
+ANALYZE_KEYS = ("params", "gflops")
+SPEED_KEYS = ("fps", "fps_min", "fps_max")
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The train stage takes everything from the run's config."""
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    weights: str | None = None  # default: the train stage's checkpoint
+    vis_images: int = field(default=8, metadata={"min": 0})  # val images drawn with their predictions
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    size: tuple[int, int] | None = field(default=None, metadata={"min": 1})  # (H, W); default: the engine's
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    weights: str | None = None  # default: the train stage's checkpoint (speed does not depend on it)
+    images: int = field(default=100, metadata={"min": 1})
+    warmup: int = field(default=5, metadata={"min": 0})
+    repeats: int = field(default=3, metadata={"min": 1})
+
+
+@dataclass(frozen=True)
+class NoopOptions:
+    sleep: float = field(default=0.0, metadata={"min": 0})
+    fail_attempts: int = field(default=0, metadata={"min": 0})
+    records: int = field(default=0, metadata={"min": 0})
+    # Results to report as if measured: metric columns, and fps (fps_min/fps_max) as a speed row.
+    metrics: dict[str, float] = field(default_factory=dict,
+                                      metadata={"keys": (*EVAL_KEYS, *ANALYZE_KEYS, *SPEED_KEYS)})
+
+
+def _describe(tp: Any, low: float | None = None) -> str:
+    """``tp`` in words, e.g. ``a list of 2 integers >= 1 or null``."""
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_describe(a, low) for a in get_args(tp))
+    if get_origin(tp) is tuple:
+        return f"a list of {len(get_args(tp))} {_plural(_describe(get_args(tp)[0], low))}"
+    if get_origin(tp) is dict:
+        return f"a mapping of names to {_plural(_describe(get_args(tp)[1]))}"
+    bound = f" >= {low}" if low is not None and tp in (int, float) else ""
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}[tp] + bound
+
+
+def _plural(words: str) -> str:
+    noun, _, rest = words.removeprefix("an ").removeprefix("a ").partition(" ")
+    return f"{noun}s {rest}".strip()
+
+
+def _matches(tp: Any, value: Any, low: float | None) -> bool:
+    """Whether ``value`` (from YAML) fits type hint ``tp`` (and is >= ``low`` where it is a number)."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_matches(a, value, low) for a in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(
+            _matches(a, v, low) for a, v in zip(args, value))
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(get_args(tp)[1], v, None) for v in value.values())
+    if tp is type(None):
+        return value is None
+    if tp is bool or isinstance(value, bool):
+        return tp is bool and isinstance(value, bool)
+    if tp in (int, float):
+        return isinstance(value, int if tp is int else (int, float)) and (low is None or value >= low)
+    return isinstance(value, tp)
+
+
+def _wants_tuple(tp: Any) -> bool:
+    return get_origin(tp) is tuple or any(get_origin(a) is tuple for a in get_args(tp))
+
+
+# --------------------------------------------------------------------------- the job's view
+
+
+@dataclass
+class JobContext:
+    """What a stage's run function gets: the run, its config and directory, and earlier stages' results."""
+
+    run_id: int
+    attempt: int
+    cfg: Config
+    data: dict[str, Any] | None
+    options: dict[str, dict[str, Any]]
+    run_dir: Path
+    on_record: Callable[[dict[str, Any]], None]
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    artifacts: list[tuple[str, str]] = field(default_factory=list)
+    # runner.measure.MeasureTarget when running as a measurement job (device, dtype, backend, job id, token)
+    measure: Any = None
+
+    def data_spec(self) -> Any:
+        from fastinst.data import DataSpec
+
+        if self.data is None:
+            raise ValueError("this stage needs data; set 'data' in the grid")
+        if "root" in self.data:
+            return DataSpec.from_folder(self.data["root"])
+        return DataSpec(**self.data)
+
+    def options_for(self, stage: str) -> Any:
+        """The stage's options dataclass, with the grid's ``stage_options[stage]`` over its defaults."""
+        return STAGES[stage].parse_options(self.options.get(stage, {}))
+
+    def weights(self, stage: str) -> str | None:
+        return self.options.get(stage, {}).get("weights") or self.results.get("train", {}).get("checkpoint")
+
+
+# --------------------------------------------------------------------------- run functions
+
+
+def stage_train(ctx: JobContext) -> dict[str, Any]:
+    from fastinst.engine.train import train
+
+    out_dir = ctx.run_dir / "train"
+    result = train(ctx.cfg, ctx.data_spec(), out_dir, on_record=ctx.on_record)
+    if result.get("checkpoint"):
+        ctx.artifacts.append(("checkpoint", str(result["checkpoint"])))
+    if (out_dir / "metrics.jsonl").exists():
+        ctx.artifacts.append(("records", str(out_dir / "metrics.jsonl")))
+    return result
+
+
+def stage_eval(ctx: JobContext) -> dict[str, Any]:
+    """COCO metrics; also draws the first ``vis_images`` val images with their predictions into
+    ``<run dir>/predictions`` (artifact kind ``predictions``)."""
+    from fastinst.engine.evaluate import evaluate
+
+    opts: EvalOptions = ctx.options_for("eval")
+    vis_dir = ctx.run_dir / "predictions"
+    result = evaluate(ctx.cfg, ctx.weights("eval"), ctx.data_spec(), vis_dir=vis_dir, vis_images=opts.vis_images)
+    if opts.vis_images > 0:
+        ctx.artifacts.append(("predictions", str(vis_dir)))
+    return result
+
+
+def stage_analyze(ctx: JobContext) -> dict[str, Any]:
+    from fastinst.engine.analyze import analyze
+
+    opts: AnalyzeOptions = ctx.options_for("analyze")
+    return analyze(ctx.cfg, size=opts.size) if opts.size else analyze(ctx.cfg)
+
+
+def stage_bench(ctx: JobContext) -> dict[str, Any]:
+    """Timing and its speed row are the measurement phase's (``runner.measure``)."""
+    from runner.measure import run_bench_stage
+
+    return run_bench_stage(ctx)
+
+
+def stage_noop(ctx: JobContext) -> dict[str, Any]:
+    """No work: for queue tests and overhead benchmarks (optionally sleeps, fails, emits records, and
+    reports the ``metrics`` it is given; ``fps`` among them comes back as a ``speed`` entry)."""
+    opts: NoopOptions = ctx.options_for("noop")
+    if ctx.attempt <= opts.fail_attempts:
+        raise RuntimeError(f"noop: failing attempt {ctx.attempt} as asked")
+    for step in range(opts.records):
+        loss = {"loss_cls": 0.5 / (step + 1), "loss_mask": 0.5 / (step + 1)}
+        ctx.on_record(StepRecord.from_means(step + 1, {"time": 0.0, "data_time": 0.0, "lr": 1e-4, **loss}).to_dict())
+    time.sleep(opts.sleep)
+    result: dict[str, Any] = {k: v for k, v in opts.metrics.items() if k not in SPEED_KEYS}
+    if "fps" in opts.metrics:
+        fps = float(opts.metrics["fps"])
+        result["speed"] = {"fps": fps, "fps_min": float(opts.metrics.get("fps_min", fps)),
+                           "fps_max": float(opts.metrics.get("fps_max", fps)), "fps_repeats": [fps],
+                           "num_images": 0, "warmup": 0, "repeats": 1, "device": "noop (nothing timed)",
+                           "device_type": "cpu", "dtype": "float32", "threads": 0, "host": ""}
+    return result
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: its run function and options type, and what it needs and produces (module docstring)."""
+
+    name: str
+    run: Callable[[JobContext], dict[str, Any]]
+    options: type
+    needs_data: bool
+    metrics: tuple[str, ...] = ()
+    artifacts: tuple[str, ...] = ()
+    speed: bool = False
+    exclusive: bool = False
+    runs_alone: bool = False
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Raise ``StageOptionError`` (naming the option) for an unknown option or a bad value."""
+        fields = {f.name: f for f in dataclasses.fields(self.options)}
+        hints = get_type_hints(self.options)
+        for key, value in options.items():
+            if key not in fields:
+                raise StageOptionError(str(key), f"unknown option {key!r} for stage {self.name!r} "
+                                                 f"(known: {list(fields)})")
+            meta = fields[key].metadata
+            low = meta.get("min")
+            if not _matches(hints[key], value, low):
+                raise StageOptionError(key, f"{self.name}.{key}: expected {_describe(hints[key], low)}, got {value!r}")
+            unknown = sorted(set(value) - set(meta["keys"])) if "keys" in meta else []
+            if unknown:
+                raise StageOptionError(key, f"{self.name}.{key}: unknown name {unknown[0]!r} "
+                                            f"(known: {list(meta['keys'])})")
+
+    def parse_options(self, options: Mapping[str, Any]) -> Any:
+        """The options dataclass from a (checked) mapping; lists become tuples where the type says so."""
+        self.check_options(dict(options))
+        hints = get_type_hints(self.options)
+        return self.options(**{k: tuple(v) if isinstance(v, list) and _wants_tuple(hints[k]) else v
+                               for k, v in options.items()})
+
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("train", stage_train, TrainOptions, needs_data=True, artifacts=("checkpoint", "records")),
+    Stage("eval", stage_eval, EvalOptions, needs_data=True, metrics=EVAL_KEYS, artifacts=("predictions",)),
+    Stage("analyze", stage_analyze, AnalyzeOptions, needs_data=False, metrics=ANALYZE_KEYS),
+    Stage("bench", stage_bench, BenchOptions, needs_data=True, speed=True, exclusive=True),
+    Stage("noop", stage_noop, NoopOptions, needs_data=False, metrics=(*EVAL_KEYS, *ANALYZE_KEYS), speed=True,
+          runs_alone=True),
+)}
+
+
+def run_stage(name: str, ctx: JobContext) -> dict[str, Any]:
+    return STAGES[name].run(ctx)
+
+
+def parse_grid(spec: Any, source: str = "<grid>", root: Path | None = None, text: str | None = None,
+               path: Path | None = None) -> Grid:
+    """``fastinst.grid.parse_grid`` with the stages checked against ``STAGES``."""
+    return _parse_grid(spec, source=source, root=root, text=text, path=path, stages=STAGES)
+
+
+def load_grid(path: str | Path) -> Grid:
+    """``fastinst.grid.load_grid`` with the stages checked against ``STAGES``."""
+    return _load_grid(path, stages=STAGES)
