@@ -1,4 +1,7 @@
-"""Params and FLOPs against the official implementation measured the same way (spec §9)."""
+"""Params and FLOPs against the official implementation measured the same way.
+
+The measurement conventions: docs/official_architecture.md#params-flops-fps.
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from fastinst.grid import load_grid
 
 PAPER = Path(__file__).resolve().parents[1] / "experiments" / "paper"
 GRIDS = sorted(PAPER.glob("table*.yaml"))
-# Rows the official release can build (spec §9/§10): FLOPs relative to D3 within 1.5% of the paper's.
+# Rows the official release can build (docs/official_architecture.md#params-flops-fps): FLOPs relative to
+# D3 within 1.5% of the paper's.
 OFFICIAL_ROWS = {
     "table6a": ["D0", "D1", "D2", "D3", "D6", "D9"],
     "table6b": ["Na10", "Na50", "Na200", "Na300"],

@@ -1,12 +1,12 @@
 """FLOP counting in the detectron2/fvcore convention, at the ATen level.
 
-One fused multiply-add is one FLOP. Counted like fvcore's ``FlopCountAnalysis`` (spec §9): conv,
-linear/addmm, mm/matmul, bmm, einsum (via bmm), ``baddbmm`` counted like ``bmm`` (fvcore skips it; the
-official PyTorch-1.9 counts used bmm there), scaled-dot-product attention (its two matmuls),
-group/layer norm (5 per element with affine, 4 without), inference batch norm (2 per element;
-detectron2's FrozenBN calls it), adaptive average pooling (1 per input
-element), bilinear upsampling and grid sampling (4 per output element), nearest upsampling (1).
-Element-wise ops (add, mul, softmax, sigmoid, max pool, ...) are not counted.
+One fused multiply-add is one FLOP (docs/official_architecture.md#params-flops-fps). Counted like
+fvcore's ``FlopCountAnalysis``: conv, linear/addmm, mm/matmul, bmm, einsum (via bmm), ``baddbmm``
+counted like ``bmm`` (fvcore skips it; the official PyTorch-1.9 counts used bmm there),
+scaled-dot-product attention (its two matmuls), group/layer norm (5 per element with affine, 4
+without), inference batch norm (2 per element; detectron2's FrozenBN calls it), adaptive average
+pooling (1 per input element), bilinear upsampling and grid sampling (4 per output element), nearest
+upsampling (1). Element-wise ops (add, mul, softmax, sigmoid, max pool, ...) are not counted.
 """
 
 from __future__ import annotations

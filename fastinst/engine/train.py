@@ -1,4 +1,4 @@
-"""Training loop: the official FastInst recipe (spec §7) on a COCO-format dataset.
+"""Training loop: the official FastInst recipe on a COCO-format dataset (docs/official_architecture.md#training-recipe).
 
 AdamW with backbone lr ×``solver.backbone_multiplier`` and no weight decay on norm / embedding
 weights; warmup then step decay ×``solver.gamma`` at fractions ``solver.steps`` of

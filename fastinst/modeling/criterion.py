@@ -57,7 +57,7 @@ def semantic_ia_targets(targets: list[dict], hw: tuple[int, int], no_object: int
 
 
 class SetCriterion(nn.Module):
-    """Total loss = λ_ia·IA-q + Σ_outputs (λ_cls·CE + λ_bce·BCE + λ_dice·dice) (spec §5).
+    """Total loss = λ_ia·IA-q + Σ_outputs (λ_cls·CE + λ_bce·BCE + λ_dice·dice) (docs/official_architecture.md#losses).
 
     Returns weighted losses named ``loss_{cls,mask,dice}`` (final stage), ``loss_{...}_{i}`` (aux
     output i) and ``loss_ia``.

@@ -58,7 +58,7 @@ class DecoderLayer(nn.Module):
 
 @DECODERS.register("fastinst")
 class FastInstDecoder(nn.Module):
-    """``[E5, E4, E3]`` → per-stage class and mask predictions (spec §3-§4).
+    """``[E5, E4, E3]`` → per-stage class and mask predictions (docs/official_architecture.md#decoder).
 
     Outputs: ``pred_logits (B, Na, K+1)``, ``pred_masks (B, Na, H3, W3)`` of the last stage and
     ``aux_outputs``: in training ``[guided_1..guided_D, pred_0..pred_{D-1}]``, in eval

@@ -54,7 +54,8 @@ def predicted_attention_mask(mask_logits: Tensor, num_aux: int, num_heads: int,
 
 def gt_attention_mask(indices: list[tuple[Tensor, Tensor]], gt_masks: list[Tensor], hw: tuple[int, int],
                       num_queries: int, num_heads: int) -> Tensor:
-    """GT-mask-guided attention mask: matched query i attends only inside its GT (spec §4).
+    """GT-mask-guided attention mask: matched query i attends only inside its GT
+    (docs/official_architecture.md#gt-mask-guidance).
 
     ``gt_masks[b] (M_b, Hp, Wp)`` padded full-resolution masks, resized to ``hw`` with nearest.
     Returns ``(B·heads, num_queries, h·w)`` bool, True = blocked.

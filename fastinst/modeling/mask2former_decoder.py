@@ -1,8 +1,9 @@
 """Mask2Former's masked-attention decoder: Table 1's "Mask2Former†" (Mask2Former-light) baseline.
 
 Per layer: masked cross-attention to one level of ``[E5, E4, E3]`` (cycling; sine or learnable PE
-plus a learnable level embedding), self-attention, FFN, all post-norm (spec §8). One head set shared
-by all stages predicts masks on a 3x3 conv of E3. No IA-guided queries, location cost or GT guidance.
+plus a learnable level embedding), self-attention, FFN, all post-norm. One head set shared by all
+stages predicts masks on a 3x3 conv of E3. No IA-guided queries, location cost or GT guidance.
+See docs/official_architecture.md#mask2former-light.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ class HungarianMatcher:
 
 @torch.no_grad()
 def match_ia_pixels(ia_logits: Tensor, targets: list[dict], cost_class: float, cost_location: float) -> Indices:
-    """Match each GT to one pixel of the selection map (IA-q matcher, spec §5).
+    """Match each GT to one pixel of the selection map (IA-q matcher, docs/official_architecture.md#matching).
 
     cost = w_cls·(−p_pixel[gt class]) + w_loc·(−[GT adaptive-avg-pooled to the map is > 0]).
     ``ia_logits (B, K+1, h, w)``; returns per image (pixel indices, GT indices).

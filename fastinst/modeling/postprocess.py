@@ -1,4 +1,7 @@
-"""Instance inference: top-k (query, class) pairs, binary masks, mask-quality-weighted scores (spec §6)."""
+"""Instance inference: top-k (query, class) pairs, binary masks, mask-quality-weighted scores.
+
+As the official post-processing does (docs/official_architecture.md#inference).
+"""
 
 from __future__ import annotations
 

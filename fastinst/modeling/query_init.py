@@ -47,7 +47,7 @@ def select_ia_queries(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
     Each pixel keeps only the probability of its foreground argmax class; a pixel that is a local
     maximum of that class map (compared with same-class neighbours only) gets +1, so local maxima
-    rank first and others fill the remaining slots (official code, spec §3.1).
+    rank first and others fill the remaining slots (official code; docs/official_architecture.md#query-selection).
     """
     probs = logits.softmax(dim=1)[:, :-1]
     top = probs.max(dim=1, keepdim=True)

@@ -1,7 +1,7 @@
 """Multi-scale deformable-attention pixel decoder (Table 5), pure PyTorch (``F.grid_sample``).
 
-Reconstruction of Mask2Former's ``MSDeformAttnPixelDecoder`` over res3-res5 (spec §2): per-level
-1x1 conv+GN projection, sine PE + learnable level embedding, post-norm deformable encoder layers,
+Reconstruction of Mask2Former's ``MSDeformAttnPixelDecoder`` over res3-res5
+(docs/official_architecture.md#pixel-decoders): per-level 1x1 conv+GN projection, sine PE + learnable level embedding, post-norm deformable encoder layers,
 output split back into ``[E5, E4, E3]``. Mask2Former's extra stride-4 FPN level is not built:
 FastInst's finest map is E3.
 """

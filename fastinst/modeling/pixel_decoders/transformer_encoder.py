@@ -1,7 +1,7 @@
 """Transformer-encoder pixel decoder (Table 5): a DETR encoder on the res5 lateral inside the FPN.
 
-Reconstruction of Mask2Former's ``TransformerEncoderPixelDecoder`` (spec §2): res5 → 1x1 conv
-(bias) → post-norm DETR encoder (sine PE) → 3x3 conv+GN+ReLU as y5 → FPN top-down path (nearest).
+Reconstruction of Mask2Former's ``TransformerEncoderPixelDecoder`` (docs/official_architecture.md#pixel-decoders):
+res5 → 1x1 conv (bias) → post-norm DETR encoder (sine PE) → 3x3 conv+GN+ReLU as y5 → FPN top-down path (nearest).
 """
 
 from __future__ import annotations
