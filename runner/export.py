@@ -1,61 +1,37 @@
-"""Read-side views of the results database as DataFrames and paper-style tables.
+"""``runner export`` and the queue summary: paper-style tables of a grid as CSV, Markdown or LaTeX.
 
-The dashboard reuses these: ``runs_frame`` (one row per run with its metrics), ``status_frame``
-(run counts by state per grid), ``grid_table`` (one row per grid row, mean and std over seeds)
-and ``format_table`` (csv, Markdown or LaTeX).
+Which runs count, units, seed aggregation and the speed setting are ``runner.results``' rules; this
+module only lays the table out. Markdown and LaTeX are written by ``tabulate`` (which escapes LaTeX);
+cells are ``mean ± std`` over seeds, FPS ``median [min–max]`` (the envelope of every timed repeat of
+every seed), and a row without a speed measurement on the chosen setting says so.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from tabulate import tabulate
 
-from runner.db import STATUSES, SUCCEEDED, Database, GridRecord, GridRow, Metrics, Run
+from fastinst.grid import SpeedSetting
+from runner.db import STATUSES, SUCCEEDED, Database, GridRecord, Run
+from runner.results import (
+    METRICS,
+    TABLE_METRICS,
+    ExportError,
+    grid_reference,
+    grid_table,
+    no_speed_text,
+    runs_frame,
+    setting_text,
+)
 
-# (column in the table, metrics attribute, digits)
-TABLE_COLUMNS = (("AP", "AP", 1), ("AP_S", "AP_S", 1), ("AP_M", "AP_M", 1), ("AP_L", "AP_L", 1),
-                 ("GFLOPs", "gflops", 1), ("FPS", "fps", 1))
-RUN_COLUMNS = ("run_id", "grid", "row", "seed", "status", "attempts", "max_attempts", "priority", "worker",
-               "device", "config_hash", "variant_hash", "stages", "created_at", "started_at",
-               "finished_at", "heartbeat_at", "error", "AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L",
-               "AR100", "params", "gflops", "fps", "fps_device", "fps_dtype")
-
-
-class ExportError(ValueError):
-    """The requested grid or format does not exist."""
-
-
-def runs_frame(db: Database, grid: str | None = None) -> pd.DataFrame:
-    """One row per run (newest first) with its queue state, metrics and override columns."""
-
-    def _query(s: Session) -> list[dict[str, Any]]:
-        stmt = (select(Run, GridRecord.name, Metrics).join(GridRecord, Run.grid_id == GridRecord.id)
-                .outerjoin(Metrics, Metrics.run_id == Run.id).order_by(Run.id.desc()))
-        if grid:
-            stmt = stmt.where(GridRecord.name == grid)
-        out = []
-        for run, grid_name, m in s.execute(stmt):
-            row = {
-                "run_id": run.id, "grid": grid_name, "row": run.row_name, "seed": run.seed,
-                "status": run.status, "attempts": run.attempts, "max_attempts": run.max_attempts,
-                "priority": run.priority, "worker": run.worker, "device": run.device,
-                "config_hash": run.config_hash, "variant_hash": run.variant_hash, "stages": run.stages,
-                "created_at": run.created_at, "started_at": run.started_at, "finished_at": run.finished_at,
-                "heartbeat_at": run.heartbeat_at, "error": run.error,
-            }
-            for col in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100", "params", "gflops", "fps",
-                        "fps_device", "fps_dtype"):
-                row[col] = getattr(m, col) if m is not None else None
-            row.update(run.overrides)
-            out.append(row)
-        return out
-
-    rows = db.read(_query)
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(RUN_COLUMNS))
+__all__ = ["ExportError", "FORMATS", "export_grid", "format_table", "grid_table", "runs_frame", "status_frame"]
+FORMATS = ("csv", "md", "latex")
+# CSV: the key columns, then per metric its mean and std, then the FPS spread columns.
+CSV_SPEED = ("fps_min", "fps_max", "fps_repeats", "fps_runs", "fps_device", "speed_setting")
 
 
 def status_frame(db: Database, grid: str | None = None) -> pd.DataFrame:
@@ -78,90 +54,48 @@ def status_frame(db: Database, grid: str | None = None) -> pd.DataFrame:
     return table.reset_index()
 
 
-AP_PERCENT = 100.0  # the database stores pycocotools' fractions; tables print AP in percent, as the paper
+def key_columns(table: pd.DataFrame) -> list[str]:
+    """The columns of a ``grid_table`` that identify a row: ``row`` and the axis keys."""
+    derived = {*METRICS, *(f"{m}_std" for m in METRICS), *CSV_SPEED, "seeds"}
+    return [c for c in table.columns if c not in derived]
 
 
-def grid_table(db: Database, grid: str) -> pd.DataFrame:
-    """The grid's rows (in grid order) × AP, AP_S, AP_M, AP_L (in percent), GFLOPs, FPS: mean and std
-    over seeds.
-
-    Index columns are ``row`` (when the grid has explicit rows) and one column per axis key. For
-    each metric there is a mean column (``AP``) and a std column (``AP_std``, NaN for one seed);
-    ``seeds`` counts the succeeded runs that went into a row. Results come from succeeded runs of
-    the row's variant with the grid's seeds and stages, whichever grid first queued them.
-    """
-
-    def _query(s: Session) -> tuple[GridRecord, list[GridRow], list[tuple[str, int, Metrics]]]:
-        record = s.scalars(select(GridRecord).where(GridRecord.name == grid)).one_or_none()
-        if record is None:
-            names = list(s.scalars(select(GridRecord.name).order_by(GridRecord.name)))
-            raise ExportError(f"no grid named {grid!r} (grids: {', '.join(names) or 'none'})")
-        rows = list(record.rows)
-        hashes = [r.variant_hash for r in rows]
-        results = s.execute(
-            select(Run.variant_hash, Run.seed, Metrics).join(Metrics, Metrics.run_id == Run.id)
-            .where(Run.variant_hash.in_(hashes), Run.status == SUCCEEDED, Run.stages == record.stages,
-                   Run.seed.in_(record.seeds))
-            .order_by(Run.generation)
-        ).all()
-        return record, rows, [tuple(r) for r in results]
-
-    record, rows, results = db.read(_query)
-    latest: dict[tuple[str, int], Metrics] = {}
-    for variant, seed, metrics in results:  # newest generation wins
-        latest[(variant, seed)] = metrics
-    explicit = bool(record.spec.get("rows"))
-    out = []
-    for row in rows:
-        entry: dict[str, Any] = {"row": row.name} if explicit else {}
-        entry.update({axis: row.overrides.get(axis) for axis in record.axes})
-        per_seed = [latest[(row.variant_hash, seed)] for seed in record.seeds if (row.variant_hash, seed) in latest]
-        entry["seeds"] = len(per_seed)
-        for column, attr, _digits in TABLE_COLUMNS:
-            values = pd.Series([getattr(m, attr) for m in per_seed], dtype="float64").dropna()
-            if column.startswith("AP"):  # pycocotools reports -1 where an area range has no objects
-                values = values[values >= 0] * AP_PERCENT
-            entry[column] = values.mean() if len(values) else math.nan
-            entry[f"{column}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
-        out.append(entry)
-    return pd.DataFrame(out)
-
-
-def _cell(mean: float, std: float, digits: int, pm: str) -> str:
+def _cell(table_row: dict, metric: str, setting: SpeedSetting) -> str:
+    digits = METRICS[metric].digits
+    mean = float(table_row[metric])
     if math.isnan(mean):
-        return "–"
-    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} {pm} {std:.{digits}f}"
-
-
-def _latex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
-                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
-        text = text.replace(a, b)
-    return text
+        return no_speed_text(setting) if metric == "fps" else "–"
+    if metric == "fps":
+        return f"{mean:.{digits}f} [{float(table_row['fps_min']):.{digits}f}–{float(table_row['fps_max']):.{digits}f}]"
+    std = float(table_row[f"{metric}_std"])
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def format_table(table: pd.DataFrame, fmt: str) -> str:
-    """``csv`` (means and stds as numbers), ``md`` or ``latex`` (``mean ± std`` cells)."""
+    """``csv`` (numbers: means, stds, FPS spread columns) or ``md``/``latex`` (paper-style cells; the FPS
+    header names the speed setting, ``table.attrs["speed_setting"]``)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
+    keys = key_columns(table)
     if fmt == "csv":
-        return table.to_csv(index=False)
-    if fmt not in ("md", "latex"):
-        raise ExportError(f"unknown format {fmt!r}; choose csv, md or latex")
-    metric_names = [c for c, _a, _d in TABLE_COLUMNS]
-    keys = [c for c in table.columns if c not in metric_names and not c.endswith("_std") and c != "seeds"]
-    header = keys + metric_names
-    pm = "±" if fmt == "md" else r"$\pm$"
-    body = []
-    for rec in table.to_dict("records"):
-        cells = [str(rec[k]) for k in keys]
-        cells += [_cell(float(rec[c]), float(rec[f"{c}_std"]), d, pm) for c, _a, d in TABLE_COLUMNS]
-        body.append(cells)
-    if fmt == "md":
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(keys) + ["---:"] * len(metric_names)) + "|"]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines) + "\n"
-    lines = [r"\begin{tabular}{" + "l" * len(keys) + "r" * len(metric_names) + "}", r"\toprule",
-             " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
-    lines += [" & ".join(_latex_escape(c) if i < len(keys) else c for i, c in enumerate(cells)) + r" \\"
-              for cells in body]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+        columns = [*keys, "seeds", *(c for m in TABLE_METRICS for c in (m, f"{m}_std")), *CSV_SPEED]
+        return table.reindex(columns=columns).to_csv(index=False)
+    setting: SpeedSetting = table.attrs.get("speed_setting", SpeedSetting())
+    headers = [*keys, *(METRICS[m].title for m in TABLE_METRICS[:-1]), f"FPS ({setting_text(setting)})"]
+    body = [[str(rec[k]) for k in keys] + [_cell(rec, m, setting) for m in TABLE_METRICS]
+            for rec in table.to_dict("records")]
+    align = ["left"] * len(keys) + ["right"] * len(TABLE_METRICS)
+    text = tabulate(body, headers=headers, tablefmt="pipe" if fmt == "md" else "latex_booktabs",
+                    colalign=align, disable_numparse=True)
+    return text + "\n"
+
+
+def export_grid(db: Database, grid: str, fmt: str, device: str | None = None, dtype: str | None = None,
+                backend: str | None = None) -> str:
+    """``runner export``: the grid's table in ``fmt``, FPS on the grid's reference speed setting with
+    ``device``/``dtype``/``backend`` replacing its parts where given."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
+    reference = grid_reference(db, grid)
+    chosen = SpeedSetting(device or reference.device, dtype or reference.dtype, backend or reference.backend)
+    return format_table(grid_table(db, grid, chosen), fmt)
