@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -272,3 +274,14 @@ def test_backbone_norm_choice(norm: str, norm_type: str) -> None:
 def test_gn_backbone_rejects_bn_weights() -> None:
     with pytest.raises(fastinst.ConfigError, match="norm=GN"):
         fastinst.load_config(None, ["model.backbone.norm=GN", "model.backbone.weights=imagenet"])
+
+
+def test_docstring_citations_name_existing_sections() -> None:
+    """Every ``docs/official_architecture.md#anchor`` cited in the code is a heading of that document."""
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "official_architecture.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", doc, flags=re.M)}
+    cited = {m for p in (root / "fastinst").rglob("*.py")
+             for m in re.findall(r"official_architecture\.md#([\w-]+)", p.read_text())}
+    assert cited and cited <= anchors, sorted(cited - anchors)
