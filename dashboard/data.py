@@ -1,12 +1,11 @@
-"""Read-only access to the results database for the dashboard, on top of ``runner.export``.
+"""Read-only access to the results database for the dashboard, on top of ``runner.results``.
 
 Every function opens one short read transaction (``Database.read``) and returns plain data
 (DataFrames, dicts), so no session or lock outlives a call and a database being written by
 workers is never blocked. Only SQLAlchemy's ORM is used: SQLite and PostgreSQL alike.
 
-Units: pycocotools gives AP in [0, 1] and the runner stores it as given; the dashboard shows
-percent, as the paper does (``AP_SCALE``), and COCO's -1 ("no ground truth of that size") as
-missing.
+Which runs count, units (AP in percent, params in millions) and the speed selection are
+``runner.results``' rules; the views call it directly for tables, per-seed results and speed rows.
 """
 
 from __future__ import annotations
@@ -19,28 +18,23 @@ from typing import Any
 
 import pandas as pd
 from sqlalchemy import func, inspect, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from fastinst.grid import flatten, parse_grid
+from fastinst.grid import SpeedSetting, flatten, parse_grid
 from runner.db import (
     FAILED,
     QUEUED,
     RUNNING,
     STATUSES,
-    SUCCEEDED,
     Artifact,
     Database,
     GridRecord,
-    Metrics,
     Run,
     TrainRecord,
     utcnow,
 )
-from runner.export import grid_table, runs_frame
+from runner.results import STORED, reference_speed, shown
 
-AP_SCALE = 100.0
-AP_COLUMNS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100")
 IMAGE_KINDS = ("predictions", "visualization", "visualizations", "images")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -65,77 +59,6 @@ def database_problem(db: Database) -> str | None:
     return None
 
 
-def is_sqlite_url(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
-
-
-# --------------------------------------------------------------------------- units
-
-
-def scale_ap(frame: pd.DataFrame) -> pd.DataFrame:
-    """AP-type columns (and their ``_std`` columns) in percent; COCO's -1 becomes NaN."""
-    out = frame.copy()
-    for column in AP_COLUMNS:
-        for name in (column, f"{column}_std"):
-            if name in out.columns:
-                values = pd.to_numeric(out[name], errors="coerce").astype("float64")
-                if name == column:
-                    values = values.where(values >= 0)
-                out[name] = values * AP_SCALE
-    return out
-
-
-def runs(db: Database) -> pd.DataFrame:
-    """``runner.export.runs_frame`` with AP in percent."""
-    return scale_ap(runs_frame(db))
-
-
-RESULT_COLUMNS = ["grid", "row", "seed", "run_id", "AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100", "params",
-                  "gflops", "fps", "fps_device", "fps_dtype"]
-
-
-def grid_results(db: Database) -> pd.DataFrame:
-    """One row per (grid, grid row, seed) with a result, AP in percent, plus the row's override columns.
-
-    Results are chosen as ``runner.export.grid_table`` chooses them: the succeeded runs of the row's
-    variant with the grid's seeds and stages, whichever grid queued them, newest generation winning.
-    So a row shared by several grids (the D3 baseline of every ablation) appears in each.
-    """
-
-    def _query(s: Session) -> list[dict[str, Any]]:
-        records = list(s.scalars(select(GridRecord).order_by(GridRecord.name)))
-        hashes = {row.variant_hash for r in records for row in r.rows}
-        found: dict[tuple[str, int, str], tuple[int, Run, Metrics]] = {}
-        if hashes:
-            stmt = (select(Run, Metrics).join(Metrics, Metrics.run_id == Run.id)
-                    .where(Run.variant_hash.in_(sorted(hashes)), Run.status == SUCCEEDED))
-            for run, metrics in s.execute(stmt):
-                key = (run.variant_hash, run.seed, run.stages)
-                if key not in found or run.generation >= found[key][0]:
-                    found[key] = (run.generation, run, metrics)
-        out = []
-        for record in records:
-            for row in record.rows:
-                for seed in record.seeds:
-                    hit = found.get((row.variant_hash, seed, record.stages))
-                    if hit is None:
-                        continue
-                    _gen, run, m = hit
-                    entry = {"grid": record.name, "row": row.name, "seed": seed, "run_id": run.id}
-                    entry.update({c: getattr(m, c) for c in RESULT_COLUMNS[4:]})
-                    entry.update(row.overrides)
-                    out.append(entry)
-        return out
-
-    rows = db.read(_query)
-    return scale_ap(pd.DataFrame(rows) if rows else pd.DataFrame(columns=RESULT_COLUMNS))
-
-
-def table(db: Database, grid: str) -> pd.DataFrame:
-    """``runner.export.grid_table``: mean and std over seeds, AP already in percent."""
-    return grid_table(db, grid)
-
-
 # --------------------------------------------------------------------------- grids
 
 
@@ -147,14 +70,17 @@ class GridInfo:
     stages: str
     reference: str | None
     rows: list[str]
+    keys: list[str]  # the config keys its rows override (axes and explicit rows' keys), in first-seen order
+    speed: SpeedSetting  # its reference speed setting
 
 
 def grids(db: Database) -> list[GridInfo]:
-    """Every grid, by name, with its axes and row names (in grid order)."""
+    """Every grid, by name, with its axes, row names (in grid order) and reference speed setting."""
 
     def _query(s: Session) -> list[GridInfo]:
         records = s.scalars(select(GridRecord).order_by(GridRecord.name))
-        return [GridInfo(r.name, list(r.axes), list(r.seeds), r.stages, r.reference, [row.name for row in r.rows])
+        return [GridInfo(r.name, list(r.axes), list(r.seeds), r.stages, r.reference, [row.name for row in r.rows],
+                         list(dict.fromkeys(k for row in r.rows for k in row.overrides)), reference_speed(r))
                 for r in records]
 
     return db.read(_query)
@@ -214,7 +140,7 @@ class RunDetail:
     run_dir: str | None
     grid_spec: dict[str, Any]
     grid_path: str | None
-    metrics: dict[str, Any] | None
+    metrics: dict[str, Any] | None  # display units (runner.results), and ``extra``
     artifacts: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -225,10 +151,8 @@ def run_detail(db: Database, run_id: int) -> RunDetail | None:
             return None
         metrics = None
         if run.metrics is not None:
-            m = run.metrics
-            metrics = {c: getattr(m, c) for c in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100", "params",
-                                                  "gflops", "fps", "fps_device", "fps_dtype")}
-            metrics["extra"] = dict(m.extra or {})
+            metrics = {c: shown(c, getattr(run.metrics, c)) for c in STORED}
+            metrics["extra"] = dict(run.metrics.extra or {})
         artifacts = [(a.kind, a.path) for a in s.scalars(select(Artifact).where(Artifact.run_id == run_id)
                                                           .order_by(Artifact.id))]
         return RunDetail(
@@ -239,15 +163,6 @@ def run_detail(db: Database, run_id: int) -> RunDetail | None:
         )
 
     return db.read(_query)
-
-
-def scaled_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """A run's metrics with AP in percent (None where missing or -1)."""
-    out = dict(metrics)
-    for key in AP_COLUMNS:
-        value = out.get(key)
-        out[key] = value * AP_SCALE if value is not None and value >= 0 else None
-    return out
 
 
 def train_records(db: Database, run_id: int) -> pd.DataFrame:

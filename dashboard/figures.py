@@ -12,15 +12,24 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from dashboard.tradeoff import TradeoffSpec, pareto_front
+from dashboard.tradeoff import TradeoffSpec, line_segments, pareto_front
 
 OURS_TOOLTIP = [alt.Tooltip("curve:N"), alt.Tooltip("label:N"), alt.Tooltip("grid:N"), alt.Tooltip("row:N"),
-                alt.Tooltip("seeds:Q"), alt.Tooltip("x:Q", format=".2f"), alt.Tooltip("y:Q", format=".2f"),
-                alt.Tooltip("y_std:Q", title="y std", format=".2f"), alt.Tooltip("pareto:N", title="Pareto front")]
+                alt.Tooltip("seeds:Q"), alt.Tooltip("x:Q", format=".2f"), alt.Tooltip("x_lo:Q", title="x min", format=".2f"),
+                alt.Tooltip("x_hi:Q", title="x max", format=".2f"), alt.Tooltip("y:Q", format=".2f"),
+                alt.Tooltip("y_std:Q", title="y std", format=".2f"), alt.Tooltip("line_axis:N", title="line along"),
+                alt.Tooltip("pareto:N", title="Pareto front")]
 PAPER_TOOLTIP = [alt.Tooltip("label:N", title="paper row"), alt.Tooltip("table:N", title="paper table"),
                  alt.Tooltip("x:Q", format=".1f"), alt.Tooltip("y:Q", format=".1f")]
-LEGEND_NOTE = ("Filled dots: our runs (mean over seeds) · hollow diamonds: the paper's reported numbers · "
-               "black rings and dashed line: Pareto front of our runs")
+LEGEND_NOTE = ("Filled dots: our runs (mean over seeds, bars: ± std of the accuracy over seeds) · lines join rows that "
+               "differ along one axis · hollow diamonds: the paper's reported numbers · black rings and dashed "
+               "line: Pareto front of our runs")
+
+
+def with_bars(points: pd.DataFrame) -> pd.DataFrame:
+    """``points`` with ``y_lo``/``y_hi`` (y ± its std over seeds; y itself for one seed)."""
+    std = points["y_std"].astype(float).fillna(0.0)
+    return points.assign(y_lo=points["y"] - std, y_hi=points["y"] + std)
 
 
 def curve_colors(curves: list[str]) -> dict[str, str]:
@@ -32,8 +41,10 @@ def curve_colors(curves: list[str]) -> dict[str, str]:
 
 def tradeoff_chart(points: pd.DataFrame, paper: pd.DataFrame, spec: TradeoffSpec, x_title: str,
                    curve_title: str) -> alt.LayerChart:
-    """Curves of filled points with labels, the Pareto front as rings on a dashed line, paper points hollow."""
+    """Filled points with labels and error bars, lines along one axis, the Pareto front as rings on a dashed
+    line, paper points hollow."""
     colors = curve_colors([*points["curve"], *paper["curve"]])
+    points = with_bars(points)
     color = alt.Color("curve:N", title=curve_title,
                       scale=alt.Scale(domain=list(colors), range=list(colors.values())))
     x = alt.X("x:Q", title=x_title, scale=alt.Scale(zero=False))
@@ -41,9 +52,12 @@ def tradeoff_chart(points: pd.DataFrame, paper: pd.DataFrame, spec: TradeoffSpec
     ours = alt.Chart(points).encode(x=x, y=y, color=color)
     front = alt.Chart(pareto_front(points, spec)).encode(x=x, y=y)
     paper_base = alt.Chart(paper).encode(x=x, y=y)
+    lines = alt.Chart(line_segments(points)).encode(x=x, y=y, color=color, detail="line:N", order="order:Q")
     layers = [
         front.mark_line(strokeDash=[5, 4], color="black", strokeWidth=1.2),
-        ours.mark_line(strokeWidth=2),
+        lines.mark_line(strokeWidth=2),
+        ours.mark_rule(strokeWidth=1.2).encode(x="x_lo:Q", x2="x_hi:Q"),
+        ours.mark_rule(strokeWidth=1.2).encode(y="y_lo:Q", y2="y_hi:Q"),
         front.mark_point(shape="circle", size=300, filled=False, color="black", strokeWidth=1.2),
         ours.mark_point(filled=True, size=80, opacity=1).encode(tooltip=OURS_TOOLTIP),
         ours.mark_text(align="left", dx=8, dy=-8, fontSize=12).encode(text="label:N"),
@@ -64,9 +78,12 @@ def tradeoff_figure(points: pd.DataFrame, paper: pd.DataFrame, spec: TradeoffSpe
     if len(front):
         ax.plot(front["x"], front["y"], "--", color="black", lw=1, zorder=1)
         ax.scatter(front["x"], front["y"], s=180, facecolors="none", edgecolors="black", lw=1, zorder=2)
-    for curve, group in points.groupby("curve", sort=False):
-        group = group.sort_values("x")
-        ax.plot(group["x"], group["y"], "-o", color=colors[curve], ms=6, lw=2, label=curve, zorder=3)
+    for _line, group in line_segments(points).groupby("line", sort=False):
+        ax.plot(group["x"], group["y"], "-", color=colors[group["curve"].iloc[0]], lw=2, zorder=3)
+    for curve, group in with_bars(points).groupby("curve", sort=False):
+        ax.errorbar(group["x"], group["y"], xerr=[group["x"] - group["x_lo"], group["x_hi"] - group["x"]],
+                    yerr=[group["y"] - group["y_lo"], group["y_hi"] - group["y"]], fmt="o", color=colors[curve],
+                    ms=6, elinewidth=1, capsize=2, label=curve, zorder=3)
         for label, px, py in zip(group["label"], group["x"], group["y"]):
             ax.annotate(label, (px, py), textcoords="offset points", xytext=(5, 5), fontsize=8)
     for curve, group in paper.groupby("curve", sort=False):

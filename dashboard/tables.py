@@ -1,17 +1,8 @@
-"""Filtering and sorting of ``runner.export.grid_table`` frames (pure functions, no Streamlit)."""
+"""Filtering and sorting of ``runner.results.grid_table`` frames (pure functions, no Streamlit)."""
 
 from __future__ import annotations
 
 import pandas as pd
-
-from runner.export import TABLE_COLUMNS
-
-METRIC_NAMES = tuple(c for c, _attr, _digits in TABLE_COLUMNS)
-
-
-def key_columns(table: pd.DataFrame) -> list[str]:
-    """The columns that identify a row (``row`` and the axis keys): neither metrics, stds nor ``seeds``."""
-    return [c for c in table.columns if c not in METRIC_NAMES and not c.endswith("_std") and c != "seeds"]
 
 
 def filter_table(table: pd.DataFrame, allowed: dict[str, list[str]], min_seeds: int = 0) -> pd.DataFrame:

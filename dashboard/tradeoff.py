@@ -1,9 +1,14 @@
-"""Speed-accuracy trade-off points and their Pareto front (pure functions, no Streamlit).
+"""Speed-accuracy trade-off points, their lines and Pareto front (pure functions, no Streamlit).
 
-``tradeoff_points`` turns the per-seed results (``dashboard.data.grid_results``) into one point per
-grid row: the mean over its seeds of an accuracy metric (y) against FPS or GFLOPs (x), grouped
-into curves (by grid or by a config key) and labelled by the row's axis values (``D3``, ``Na100``)
-or by one config key.
+``tradeoff_points`` turns the per-seed results (``runner.results.seed_results``) into one point per grid
+row, aggregated over seeds as ``runner.results.aggregate_seeds`` does for tables: the mean accuracy (y,
+± its std over seeds) against FPS (the mean of the runs' median FPS, with the min–max envelope of every
+timed repeat) or GFLOPs (x). Points are coloured by curve (the grid, or a config key) and labelled by
+the row's axis values (``D3``, ``Na100``) or by one key.
+
+Lines join only rows that differ along one axis, ordered along it: within a curve and a grid, rows that
+agree on every other overridden key form a line along the remaining one. Per curve and grid one axis is
+chosen (numeric axes first, then the one putting most rows on lines); rows on no line are points.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from runner.results import aggregate_seeds
+
 X_AXES = {"FPS": "fps", "GFLOPs": "gflops"}
 Y_METRICS = ("AP", "AP_S", "AP_M", "AP_L", "AP50", "AP75")
 # Short labels for the paper's usual axes: D3 layers, Na100 IA-guided queries, Nb8 auxiliary queries.
 LABEL_PREFIX = {"model.decoder.num_layers": "D", "model.num_ia_queries": "Na", "model.num_aux_queries": "Nb"}
-POINT_COLUMNS = ["curve", "label", "grid", "row", "seeds", "x", "y", "y_std", "pareto"]
+POINT_COLUMNS = ["curve", "label", "grid", "row", "seeds", "x", "x_lo", "x_hi", "y", "y_std", "line", "line_axis",
+                 "order", "pareto"]
 PAPER_COLUMNS = ["curve", "label", "table", "row", "x", "y"]
 
 
@@ -29,15 +37,12 @@ class TradeoffSpec:
 
     ``curve_by``/``label_by`` are ``grid``, ``row`` or a dotted config key of the grids' axes;
     ``label_by="axes"`` labels a point with the values of its own grid's axes (but the curve's).
-    FPS points come from runs measured with ``fps_device``/``fps_dtype`` only (None: any).
     """
 
     y: str = "AP"
     x: str = "FPS"
     curve_by: str = "grid"
     label_by: str = "axes"
-    fps_device: str | None = None
-    fps_dtype: str | None = None
 
     @property
     def higher_x_better(self) -> bool:
@@ -51,15 +56,6 @@ def point_label(key: str, value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return f"{LABEL_PREFIX[key]}{value}" if key in LABEL_PREFIX else str(value)
-
-
-def fps_settings(results: pd.DataFrame) -> list[tuple[str, str]]:
-    """The (device, dtype) pairs FPS was measured with, most results first."""
-    measured = results[results["fps"].notna()]
-    pairs = measured[["fps_device", "fps_dtype"]].fillna("?").astype(str)
-    counts = pairs.value_counts(sort=False).reset_index(name="n")
-    counts = counts.sort_values(["n", "fps_device", "fps_dtype"], ascending=[False, True, True])
-    return list(zip(counts["fps_device"], counts["fps_dtype"]))
 
 
 def pareto_mask(x: np.ndarray, y: np.ndarray, higher_x_better: bool) -> np.ndarray:
@@ -77,30 +73,78 @@ def pareto_mask(x: np.ndarray, y: np.ndarray, higher_x_better: bool) -> np.ndarr
     return mask
 
 
-def tradeoff_points(results: pd.DataFrame, spec: TradeoffSpec, grid_axes: dict[str, list[str]]) -> pd.DataFrame:
-    """One point per (grid, row): mean x and y over its seeds, its curve, label and Pareto flag."""
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def assign_lines(rows: list[dict[str, Any]], keys: list[str]) -> list[tuple[str | None, str | None, float]]:
+    """For rows (each a mapping of ``keys`` → value) of one curve and grid: per row its line id (None: a
+    lone point), the line's axis and the row's position along it (module docstring)."""
+    best: tuple[tuple[bool, int], str, dict[tuple[Any, ...], list[int]]] | None = None
+    for axis in keys:
+        others = [k for k in keys if k != axis]
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(tuple(str(row.get(k)) for k in others), []).append(i)
+        lines = {g: idx for g, idx in groups.items() if len({str(rows[i].get(axis)) for i in idx}) == len(idx) > 1}
+        numeric = all(_is_number(rows[i].get(axis)) for idx in lines.values() for i in idx)
+        score = (numeric, sum(len(idx) for idx in lines.values()))
+        if lines and (best is None or score > best[0]):
+            best = (score, axis, lines)
+    out: list[tuple[str | None, str | None, float]] = [(None, None, float(i)) for i in range(len(rows))]
+    if best is None:
+        return out
+    _score, axis, lines = best
+    for group, idx in lines.items():
+        values = [rows[i].get(axis) for i in idx]
+        order = sorted(range(len(idx)), key=lambda j: values[j]) if all(_is_number(v) for v in values) \
+            else range(len(idx))  # categorical: grid order
+        for position, j in enumerate(order):
+            out[idx[j]] = ("|".join((axis, *group)), axis, float(position))
+    return out
+
+
+def tradeoff_points(results: pd.DataFrame, spec: TradeoffSpec, grid_axes: dict[str, list[str]],
+                    grid_keys: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """One point per (grid, row) with x and y over its seeds, its curve, label, line and Pareto flag.
+
+    ``grid_axes``: each grid's axes (for labels); ``grid_keys``: each grid's overridden config keys (what
+    its rows differ in; default: its axes)."""
     x_col = X_AXES[spec.x]
-    done = results
-    if spec.x == "FPS":
-        for column, wanted in (("fps_device", spec.fps_device), ("fps_dtype", spec.fps_dtype)):
-            if wanted is not None:
-                done = done[done[column].fillna("?").astype(str) == wanted]
-    done = done[done[x_col].notna() & done[spec.y].notna()]
-    rows = []
+    done = results[results[x_col].notna() & results[spec.y].notna()]
+    rows: list[dict[str, Any]] = []
     for (grid, row), group in done.groupby(["grid", "row"], sort=False):
         first = group.iloc[0]
+        agg = aggregate_seeds(group)
         rows.append({
             "curve": _column_text(first, spec.curve_by),
             "label": (",".join(point_label(a, first.get(a)) for a in grid_axes.get(grid, []) if a != spec.curve_by)
                       or str(row)
                       if spec.label_by == "axes" else _column_text(first, spec.label_by)),
-            "grid": grid, "row": row, "seeds": len(group),
-            "x": float(group[x_col].astype(float).mean()), "y": float(group[spec.y].astype(float).mean()),
-            "y_std": float(group[spec.y].astype(float).std(ddof=1)) if len(group) > 1 else math.nan,
+            "grid": grid, "row": row, "seeds": len(group), "x": agg[x_col],
+            "x_lo": agg["fps_min"] if x_col == "fps" else agg[x_col],
+            "x_hi": agg["fps_max"] if x_col == "fps" else agg[x_col],
+            "y": agg[spec.y], "y_std": agg[f"{spec.y}_std"],
+            "_keys": {k: first.get(k) for k in (grid_keys or grid_axes).get(grid, []) if k != spec.curve_by},
         })
-    points = pd.DataFrame(rows, columns=POINT_COLUMNS[:-1])
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["curve"], r["grid"]), []).append(r)
+    for members in groups.values():
+        keys = list(dict.fromkeys(k for r in members for k in r["_keys"]))
+        for r, (line, axis, order) in zip(members, assign_lines([r["_keys"] for r in members], keys)):
+            r.update(line=None if line is None else f"{r['curve']}|{r['grid']}|{line}", line_axis=axis, order=order)
+    points = pd.DataFrame([{k: v for k, v in r.items() if k != "_keys"} for r in rows], columns=POINT_COLUMNS[:-1])
     points["pareto"] = pareto_mask(points["x"].to_numpy(), points["y"].to_numpy(), spec.higher_x_better)
     return points.sort_values(["curve", "x"], kind="stable").reset_index(drop=True)
+
+
+def unmeasured_rows(results: pd.DataFrame, spec: TradeoffSpec) -> list[str]:
+    """``grid / row`` of the rows with a result for ``spec.y`` but no ``spec.x`` (e.g. no FPS on the setting)."""
+    x_col = X_AXES[spec.x]
+    has_y = results[results[spec.y].notna()]
+    measured = set(zip(*[has_y.loc[has_y[x_col].notna(), c] for c in ("grid", "row")]))
+    return list(dict.fromkeys(f"{g} / {r}" for g, r in zip(has_y["grid"], has_y["row"]) if (g, r) not in measured))
 
 
 def _column_text(run: pd.Series, column: str) -> str:
@@ -113,6 +157,11 @@ def pareto_front(points: pd.DataFrame, spec: TradeoffSpec) -> pd.DataFrame:
     """The front's points in x order (from the slow/cheap end to the fast end), for drawing its line."""
     front = points[points["pareto"]]
     return front.sort_values("x", ascending=spec.higher_x_better).reset_index(drop=True)
+
+
+def line_segments(points: pd.DataFrame) -> pd.DataFrame:
+    """The points that lie on a line, in line order (for drawing the lines)."""
+    return points[points["line"].notna()].sort_values(["line", "order"], kind="stable").reset_index(drop=True)
 
 
 def paper_points(reported: pd.DataFrame, spec: TradeoffSpec, tables: list[str], ours: pd.DataFrame) -> pd.DataFrame:

@@ -1,5 +1,5 @@
-"""Run view: one run's state, metrics, resolved config and its diff against the grid's base,
-training curves from the per-step records, prediction images and artifacts."""
+"""Run view: one run's state, metrics, every speed measurement, resolved config and its diff against the
+grid's base, training curves from the per-step records, prediction images and artifacts."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from dashboard import data
 from dashboard.figures import curves_chart
 from fastinst.grid import GridError
 from runner.db import SUCCEEDED, Database
+from runner.results import METRICS, STORED, run_speed, runs_frame
 
 
 def render(db: Database) -> None:
     st.header("Run details")
-    runs = data.runs(db)
+    runs = runs_frame(db)
     labels = {int(r.run_id): f"#{r.run_id} · {r.grid} / {r.row} · seed {r.seed} · {r.status}"
               for r in runs.itertuples()}
     ids = list(labels)
@@ -47,14 +48,13 @@ def render(db: Database) -> None:
     if detail.metrics is None:
         st.info("No metrics yet (they are stored when the run succeeds).")
     else:
-        m = data.scaled_metrics(detail.metrics)
-        shown = {k: m[k] for k in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100", "params", "gflops", "fps")}
+        shown = {k: detail.metrics[k] for k in STORED}
         st.dataframe(pd.DataFrame([shown]), hide_index=True, column_config={
-            k: st.column_config.NumberColumn(format="%d" if k == "params" else "%.2f") for k in shown})
-        if m.get("fps") is not None:
-            st.caption(f"FPS measured on {m['fps_device'] or '?'} in {m['fps_dtype'] or '?'}, batch 1")
+            k: st.column_config.NumberColumn(METRICS[k].title, format="%.2f") for k in shown})
+        st.caption("AP in percent, params in millions")
         with st.expander("Other results (extra)"):
-            st.json(m["extra"])
+            st.json(detail.metrics["extra"])
+    _speed(db, detail.run_id)
 
     _config(detail)
     _curves(db, detail.run_id)
@@ -63,6 +63,22 @@ def render(db: Database) -> None:
         st.dataframe(pd.DataFrame([{"kind": k, "path": p, "exists": Path(p).exists()} for k, p in detail.artifacts],
                                   columns=["kind", "path", "exists"]), hide_index=True)
         st.json(detail.packages)
+
+
+def _speed(db: Database, run_id: int) -> None:
+    st.subheader("Speed")
+    rows = run_speed(db, run_id)
+    if rows.empty:
+        st.info("No speed measurement of this run yet (the bench stage, or `runner measure`, adds them).")
+        return
+    st.dataframe(rows, hide_index=True, column_config={
+        "fps": st.column_config.NumberColumn("FPS (median)", format="%.2f"),
+        "fps_min": st.column_config.NumberColumn("min", format="%.2f"),
+        "fps_max": st.column_config.NumberColumn("max", format="%.2f"),
+        "concurrent": st.column_config.NumberColumn("other jobs on the host"),
+    })
+    st.caption("Every measurement, newest first; tables and plots use the newest one per device/dtype/backend. "
+               "FPS: median over the repeats of images / time at batch 1.")
 
 
 def _config(detail: data.RunDetail) -> None:

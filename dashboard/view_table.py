@@ -1,5 +1,6 @@
 """Table view: a grid as the paper prints it (rows = axis values, columns = metrics, mean ± std over
-seeds), with filters, sorting and CSV/Markdown/LaTeX downloads from ``runner.export.format_table``."""
+seeds, FPS on a chosen device/dtype with its spread), with filters, sorting and CSV/Markdown/LaTeX
+downloads from ``runner.export.format_table``."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.paper import PaperError, load_reported
-from dashboard.tables import filter_table, key_columns, sort_table
+from dashboard.speed_select import speed_selector
+from dashboard.tables import filter_table, sort_table
 from runner.db import Database
-from runner.export import TABLE_COLUMNS, format_table
+from runner.export import format_table, key_columns
+from runner.results import METRICS, TABLE_METRICS, grid_table, setting_text
 
 FORMATS = (("csv", "CSV", "text/csv"), ("md", "Markdown", "text/markdown"), ("latex", "LaTeX", "application/x-latex"))
 
@@ -27,7 +30,8 @@ def render(db: Database, paper_path: Path) -> None:
     info = next(g for g in grids if g.name == grid)
     st.caption(f"Axes: {', '.join(info.axes) or '(explicit rows)'} · seeds {info.seeds} · stages {info.stages}"
                + (f" · reference row: {info.reference}" if info.reference else ""))
-    full = data.table(db, grid)
+    setting = speed_selector(db, [grid], info.speed, key="table_speed")
+    full = grid_table(db, grid, setting)
     if full.empty:
         st.info(f"Grid {grid!r} has no rows.")
         return
@@ -41,12 +45,15 @@ def render(db: Database, paper_path: Path) -> None:
             filters[key] = column.multiselect(key, values, default=values, key=f"table_filter_{key}")
         c1, c2, c3 = st.columns(3)
         min_seeds = c1.number_input("At least this many seeds", 0, max(1, len(info.seeds)), 0, key="table_min_seeds")
-        sort_by = c2.selectbox("Sort by", ["(grid order)", *keys, *[c for c, _a, _d in TABLE_COLUMNS]],
-                               key="table_sort")
+        sort_by = c2.selectbox("Sort by", ["(grid order)", *keys, *TABLE_METRICS], key="table_sort",
+                               format_func=lambda c: METRICS[c].title if c in METRICS else c)
         descending = c3.toggle("Descending", value=False, key="table_desc")
     shown = sort_table(filter_table(full, filters, int(min_seeds)), None if sort_by == "(grid order)" else sort_by,
                        not descending)
-    st.caption(f"{len(shown)} of {len(full)} rows · AP in percent · mean ± std over the succeeded seeds")
+    missing = int((shown["seeds"] > 0).sum() - (shown["fps_runs"] > 0).sum())
+    st.caption(f"{len(shown)} of {len(full)} rows · AP in percent · mean ± std over the succeeded seeds · FPS on "
+               f"{setting_text(setting)}, batch 1: mean of the runs' medians [lowest–highest timed repeat]"
+               + (f" · {missing} row(s) with results have no measurement on {setting_text(setting)}" if missing else ""))
     st.markdown(format_table(shown, "md"))
 
     texts = {fmt: format_table(shown, fmt) for fmt, _label, _mime in FORMATS}

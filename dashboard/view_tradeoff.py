@@ -1,4 +1,5 @@
-"""Trade-off view: an accuracy metric against FPS or GFLOPs, curves, labels, Pareto front, paper overlay."""
+"""Trade-off view: an accuracy metric against FPS (on a chosen device/dtype/backend, with its spread) or
+GFLOPs; lines along one axis, labels, error bars, Pareto front, paper overlay."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import streamlit as st
 from dashboard import data
 from dashboard.figures import LEGEND_NOTE, figure_bytes, tradeoff_chart, tradeoff_figure
 from dashboard.paper import PaperError, load_reported, tables_for_grids
-from dashboard.tradeoff import X_AXES, Y_METRICS, TradeoffSpec, fps_settings, paper_points, tradeoff_points
+from dashboard.speed_select import speed_selector
+from dashboard.tradeoff import X_AXES, Y_METRICS, TradeoffSpec, paper_points, tradeoff_points, unmeasured_rows
 from runner.db import Database
+from runner.results import seed_results, setting_text
 
 
 def render(db: Database, paper_path: Path) -> None:
     st.header("Speed–accuracy trade-off")
-    results = data.grid_results(db)
     grids = data.grids(db)
     names = [g.name for g in grids]
     chosen = st.multiselect("Grids", names, default=names, key="tradeoff_grids")
@@ -29,19 +31,19 @@ def render(db: Database, paper_path: Path) -> None:
                             key="tradeoff_curve")
     label_by = c4.selectbox("Label points by", ["axes", "row", *axes], key="tradeoff_label",
                             format_func=lambda v: "the grid's axis values" if v == "axes" else v)
+    references = [g.speed for g in grids if g.name in chosen] or [g.speed for g in grids]
+    reference = max(dict.fromkeys(references), key=references.count)  # the chosen grids' most common one
+    setting = speed_selector(db, chosen, reference, key="tradeoff_speed")
+    results = seed_results(db, setting=setting)
     results = results[results["grid"].isin(chosen)]
-
-    device = dtype = None
-    x_title = "GFLOPs" if x == "GFLOPs" else "FPS"
-    if x == "FPS":
-        settings = fps_settings(results)
-        if settings:
-            device, dtype = st.selectbox("FPS measured on", settings, format_func=lambda p: f"{p[0]} · {p[1]}",
-                                         key="tradeoff_fps")
-            x_title = f"FPS ({device}, {dtype}, batch 1)"
-    spec = TradeoffSpec(y=y, x=x, curve_by=curve_by, label_by=label_by, fps_device=device, fps_dtype=dtype)
-    points = tradeoff_points(results, spec, {g.name: g.axes for g in grids})
+    x_title = "GFLOPs" if x == "GFLOPs" else f"FPS ({setting_text(setting)}, batch 1)"
+    spec = TradeoffSpec(y=y, x=x, curve_by=curve_by, label_by=label_by)
+    points = tradeoff_points(results, spec, {g.name: g.axes for g in grids}, {g.name: g.keys for g in grids})
     paper = _paper_overlay(paper_path, spec, chosen, points)
+    missing = unmeasured_rows(results, spec)
+    if missing and x == "FPS":
+        st.caption(f"No measurement on {setting_text(setting)} for {len(missing)} row(s) with {y}, not plotted: "
+                   + ", ".join(missing))
 
     if points.empty and paper.empty:
         st.info(f"No succeeded run of the chosen grids has both {y} and {x} yet (runs need the eval stage "
@@ -50,7 +52,8 @@ def render(db: Database, paper_path: Path) -> None:
     curve_title = curve_by if curve_by != "grid" else "grid"
     st.altair_chart(tradeoff_chart(points, paper, spec, x_title, curve_title), width="stretch",
                     key="tradeoff_chart")
-    st.caption(LEGEND_NOTE + (" · paper FPS: V100, batch 1" if x == "FPS" and not paper.empty else ""))
+    st.caption(LEGEND_NOTE + (" · paper FPS: V100, batch 1" if x == "FPS" and not paper.empty else "")
+               + (" · FPS bars: lowest–highest timed repeat over the seeds" if x == "FPS" else ""))
     d1, d2, _ = st.columns([1, 1, 4])
     stem = f"tradeoff_{y}_vs_{x}"
     for column, fmt, mime in ((d1, "png", "image/png"), (d2, "pdf", "application/pdf")):

@@ -25,7 +25,6 @@ from runner.results import (
     grid_table,
     no_speed_text,
     runs_frame,
-    setting_text,
 )
 
 __all__ = ["ExportError", "FORMATS", "export_grid", "format_table", "grid_table", "runs_frame", "status_frame"]
@@ -60,11 +59,11 @@ def key_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in derived]
 
 
-def _cell(table_row: dict, metric: str, setting: SpeedSetting) -> str:
+def _cell(table_row: dict, metric: str) -> str:
     digits = METRICS[metric].digits
     mean = float(table_row[metric])
     if math.isnan(mean):
-        return no_speed_text(setting) if metric == "fps" else "–"
+        return no_speed_text(table_row["speed_setting"]) if metric == "fps" else "–"
     if metric == "fps":
         return f"{mean:.{digits}f} [{float(table_row['fps_min']):.{digits}f}–{float(table_row['fps_max']):.{digits}f}]"
     std = float(table_row[f"{metric}_std"])
@@ -73,17 +72,16 @@ def _cell(table_row: dict, metric: str, setting: SpeedSetting) -> str:
 
 def format_table(table: pd.DataFrame, fmt: str) -> str:
     """``csv`` (numbers: means, stds, FPS spread columns) or ``md``/``latex`` (paper-style cells; the FPS
-    header names the speed setting, ``table.attrs["speed_setting"]``)."""
+    header names the speed setting, the table's ``speed_setting`` column)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
     keys = key_columns(table)
     if fmt == "csv":
         columns = [*keys, "seeds", *(c for m in TABLE_METRICS for c in (m, f"{m}_std")), *CSV_SPEED]
         return table.reindex(columns=columns).to_csv(index=False)
-    setting: SpeedSetting = table.attrs.get("speed_setting", SpeedSetting())
-    headers = [*keys, *(METRICS[m].title for m in TABLE_METRICS[:-1]), f"FPS ({setting_text(setting)})"]
-    body = [[str(rec[k]) for k in keys] + [_cell(rec, m, setting) for m in TABLE_METRICS]
-            for rec in table.to_dict("records")]
+    label = ", ".join(dict.fromkeys(table["speed_setting"])) if len(table) else "–"
+    headers = [*keys, *(METRICS[m].title for m in TABLE_METRICS[:-1]), f"FPS ({label})"]
+    body = [[str(rec[k]) for k in keys] + [_cell(rec, m) for m in TABLE_METRICS] for rec in table.to_dict("records")]
     align = ["left"] * len(keys) + ["right"] * len(TABLE_METRICS)
     text = tabulate(body, headers=headers, tablefmt="pipe" if fmt == "md" else "latex_booktabs",
                     colalign=align, disable_numparse=True)

@@ -28,7 +28,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fastinst.grid import SpeedSetting
+from fastinst.grid import SpeedSetting, flatten
 from fastinst.grid import reference_speed as _spec_reference
 from runner.db import SUCCEEDED, Database, GridRecord, GridRow, Metrics, Run, SpeedMeasurement
 
@@ -71,9 +71,9 @@ def setting_text(setting: SpeedSetting) -> str:
     return f"{setting.device}/{setting.dtype}" + (f"/{setting.backend}" if setting.backend != "eager" else "")
 
 
-def no_speed_text(setting: SpeedSetting) -> str:
-    """What a table shows for a row without a measurement on ``setting``."""
-    return f"no measurement on {setting_text(setting)}"
+def no_speed_text(label: str) -> str:
+    """What a table shows for a row without a measurement on the setting ``label`` (``setting_text``)."""
+    return f"no measurement on {label}"
 
 
 def reference_speed(record: GridRecord) -> SpeedSetting:
@@ -143,7 +143,8 @@ def _speed_values(speed: SpeedMeasurement | None) -> dict[str, Any]:
 
 def seed_results(db: Database, grid: str | None = None, setting: SpeedSetting | None = None) -> pd.DataFrame:
     """One row per (grid, grid row, seed) with a counted run: metrics in display units, the run's FPS on
-    ``setting`` (None: each grid's reference setting), ``speed_setting`` (its text) and the row's overrides."""
+    ``setting`` (None: each grid's reference setting), ``speed_setting`` (its text), and the run's value of
+    every config key that some row of its grid overrides (so rows of one grid are comparable key by key)."""
 
     def _query(s: Session) -> list[dict[str, Any]]:
         records = [_grid_record(s, grid)] if grid is not None else \
@@ -155,6 +156,7 @@ def seed_results(db: Database, grid: str | None = None, setting: SpeedSetting | 
             hits = [(row, seed, runs.get((row.variant_hash, seed, record.stages)))
                     for row in record.rows for seed in record.seeds]
             speed = newest_speed(s, [hit[0].id for _r, _s, hit in hits if hit], chosen)
+            keys = list(dict.fromkeys(k for row in record.rows for k in row.overrides))
             for row, seed, hit in hits:
                 if hit is None:
                     continue
@@ -163,7 +165,8 @@ def seed_results(db: Database, grid: str | None = None, setting: SpeedSetting | 
                 entry.update({k: shown(k, getattr(metrics, k) if metrics else None) for k in STORED})
                 entry.update(_speed_values(speed.get(run.id)))
                 entry["speed_setting"] = setting_text(chosen)
-                entry.update(row.overrides)
+                config = flatten(run.config)
+                entry.update({k: config.get(k, row.overrides.get(k)) for k in keys})
                 out.append(entry)
         return out
 
@@ -196,7 +199,7 @@ def grid_table(db: Database, grid: str, setting: SpeedSetting | None = None) -> 
 
     Key columns are ``row`` (when the grid has explicit rows) and one column per axis key, then ``seeds``,
     the metrics (``AP``, ``AP_std``, … ``fps``, ``fps_std``, ``fps_min``, ``fps_max``, ``fps_repeats``,
-    ``fps_runs``, ``fps_device``) and ``speed_setting``. ``attrs["speed_setting"]`` is the setting used.
+    ``fps_runs``, ``fps_device``) and ``speed_setting`` (the setting's text, ``setting_text``).
     """
 
     def _grid(s: Session) -> tuple[list[GridRow], list[str], bool, SpeedSetting]:
@@ -213,9 +216,7 @@ def grid_table(db: Database, grid: str, setting: SpeedSetting | None = None) -> 
         entry.update(aggregate_seeds(per_seed[per_seed["row"] == row.name]))
         entry["speed_setting"] = setting_text(chosen)
         out.append(entry)
-    table = pd.DataFrame(out)
-    table.attrs["speed_setting"] = chosen
-    return table
+    return pd.DataFrame(out)
 
 
 # --------------------------------------------------------------------------- runs and speed rows

@@ -1,8 +1,10 @@
 """Results databases with known contents for the dashboard tests (and its README screenshots).
 
-Grids are queued with ``runner.queue.submit``; outcomes (metrics, per-step records, artifacts,
-failures) are then written through ``runner.db``'s models, as a job would write them. AP values
-are stored as pycocotools gives them, in [0, 1]; the dashboard shows percent.
+Grids are queued with ``runner.queue.submit``; outcomes (metrics, speed rows, per-step records,
+artifacts, failures) are then written through ``runner.db``'s models, as a job would write them. AP
+values are stored as pycocotools gives them, in [0, 1]; the dashboard shows percent. Speed rows are
+written for two settings where noted (a V100 in float32, the reference, and a CPU), so the views'
+device selection has something to choose.
 
 ``fill_known`` makes small exact numbers the tests check; ``fill_demo`` makes a paper-like
 database (Table 6a and 6b grids, a backbone grid, running, queued and failed runs, training
@@ -19,7 +21,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 from sqlalchemy import select
 
-from fastinst.grid import Grid, parse_grid
+from fastinst.grid import Grid
 from runner import queue
 from runner.db import (
     FAILED,
@@ -30,14 +32,19 @@ from runner.db import (
     GridRecord,
     Metrics,
     Run,
+    SpeedMeasurement,
     TrainRecord,
     utcnow,
 )
+from runner.stages import parse_grid
 
-V100 = "cuda:0 (Tesla V100-SXM2-16GB)"
+V100 = "Tesla V100-SXM2-16GB"
+CPU = "Intel(R) Xeon(R) CPU @ 2.20GHz"
+SPREAD = 0.5  # every demo speed row: fps_min = fps - SPREAD, fps_max = fps + SPREAD
 
-# Known numbers: (layers, seed) -> (AP in [0, 1], FPS, GFLOPs). Means: D1 35.1 @ 51.0, D2 36.2 @ 30.0,
-# D3 37.9 @ 35.5 FPS, so the FPS Pareto front is D1 and D3 (D2 is slower and worse than D3).
+# Known numbers: (layers, seed) -> (AP in [0, 1], V100 FPS, GFLOPs). Means: D1 35.1 @ 51.0, D2 36.2 @ 30.0,
+# D3 37.9 @ 35.5 FPS, so the FPS Pareto front is D1 and D3 (D2 is slower and worse than D3). Each run also
+# has a CPU row at a tenth of that, and D1 seed 0 an older V100 row at 10 FPS (the newest row counts).
 KNOWN_LAYERS = {
     (1, 0): (0.350, 50.0, 59.6), (1, 1): (0.352, 52.0, 59.6),
     (2, 0): (0.360, 30.0, 67.5), (2, 1): (0.364, 30.0, 67.5),
@@ -48,8 +55,10 @@ KNOWN_BACKBONES = {"resnet18": (0.300, 2.0, 50.0), "resnet101": (0.320, 1.5, 80.
 
 
 def grid(name: str, axes: dict[str, list[Any]], seeds: list[int], root: Path, *, real_stages: bool = False,
-         reference: str | None = None) -> Grid:
+         reference: str | None = None, speed: dict[str, str] | None = None) -> Grid:
     spec: dict[str, Any] = {"name": name, "axes": axes, "seeds": seeds, "resources": {"gpus": 0}}
+    if speed:
+        spec["speed"] = speed
     if real_stages:
         spec.update(stages=["train", "eval", "analyze", "bench"], data=str(root))
     else:
@@ -65,9 +74,21 @@ def runs_of(db: Database, grid_name: str) -> list[tuple[int, dict[str, Any], int
     return db.read(lambda s: [(r.id, dict(r.overrides), r.seed) for r in s.scalars(stmt)])
 
 
-def succeed(db: Database, run_id: int, *, ap: float | None, fps: float | None, gflops: float | None,
-            device: str = "cpu", dtype: str = "float32", worker: str = "host-a:1", ap_sml: tuple[float, ...] = (),
-            artifacts: tuple[tuple[str, str], ...] = (), minutes: float = 10.0) -> None:
+def speed(run_id: int, fps: float, device_type: str = "cuda", dtype: str = "float32",
+          minutes_ago: float = 30.0) -> SpeedMeasurement:
+    """A speed row as ``runner measure`` writes one: median ``fps`` over 3 repeats, spread ± ``SPREAD``."""
+    return SpeedMeasurement(
+        run_id=run_id, device_type=device_type, device=V100 if device_type == "cuda" else CPU, dtype=dtype,
+        backend="eager", fps=fps, fps_min=fps - SPREAD, fps_max=fps + SPREAD,
+        latency_ms={"mean": 1000 / fps, "median": 1000 / fps, "p90": 1100 / fps, "p99": 1200 / fps}, repeats=3,
+        images=100, warmup=5, threads=8 if device_type == "cpu" else 1, host="host-a",
+        packages={"torch": "2.14.1"}, concurrent=[], source="measure", extra={"fps_repeats": [fps - SPREAD, fps, fps + SPREAD]},
+        created_at=utcnow() - timedelta(minutes=minutes_ago))
+
+
+def succeed(db: Database, run_id: int, *, ap: float | None, gflops: float | None,
+            speeds: tuple[SpeedMeasurement, ...] = (), device: str = "cpu", worker: str = "host-a:1",
+            ap_sml: tuple[float, ...] = (), artifacts: tuple[tuple[str, str], ...] = (), minutes: float = 10.0) -> None:
     def _write(s: Any) -> None:
         run = s.get(Run, run_id)
         finished = utcnow() - timedelta(minutes=60 - run_id % 50)
@@ -76,9 +97,9 @@ def succeed(db: Database, run_id: int, *, ap: float | None, fps: float | None, g
         run.git_commit, run.packages = "0123abcd", {"python": "3.11", "torch": "2.14.1"}
         small, medium, large = ap_sml or (None, None, None)
         s.add(Metrics(run_id=run_id, AP=ap, AP50=None if ap is None else min(1.0, ap * 1.55), AP_S=small,
-                      AP_M=medium, AP_L=large, params=30_000_000, gflops=gflops, fps=fps,
-                      fps_device=device if fps is not None else None, fps_dtype=dtype if fps is not None else None,
+                      AP_M=medium, AP_L=large, params=30_000_000, gflops=gflops,
                       extra={"timings": {"train_s": minutes * 60}}))
+        s.add_all(speeds)
         for kind, path in artifacts:
             s.add(Artifact(run_id=run_id, kind=kind, path=path))
 
@@ -111,19 +132,21 @@ def set_state(db: Database, run_id: int, status: str, *, error: str | None = Non
 
 
 def fill_known(db: Database, root: Path) -> None:
-    """Grids ``layers`` (3 rows × 2 seeds, FPS on a V100; 10 training records for D1 seed 0) and
-    ``backbones`` (2 rows, FPS on the CPU), plus grid ``broken`` with one failed, one running and one
-    queued run."""
-    queue.submit(db, grid("layers", {"model.decoder.num_layers": [1, 2, 3]}, [0, 1], root))
+    """Grids ``layers`` (3 rows × 2 seeds, reference speed cuda/float32, FPS on a V100 and the CPU; 10
+    training records for D1 seed 0) and ``backbones`` (2 rows, FPS on the CPU, its reference), plus grid
+    ``broken`` with one failed, one running and one queued run."""
+    queue.submit(db, grid("layers", {"model.decoder.num_layers": [1, 2, 3]}, [0, 1], root, speed={"device": "cuda"}))
     for run_id, overrides, seed in runs_of(db, "layers"):
         ap, fps, gflops = KNOWN_LAYERS[(overrides["model.decoder.num_layers"], seed)]
-        succeed(db, run_id, ap=ap, fps=fps, gflops=gflops, device=V100)
+        older = (speed(run_id, 10.0, minutes_ago=120),) if (overrides["model.decoder.num_layers"], seed) == (1, 0) else ()
+        succeed(db, run_id, ap=ap, gflops=gflops, device="cuda:0",
+                speeds=(*older, speed(run_id, fps), speed(run_id, fps / 10, "cpu", minutes_ago=40)))
         if (overrides["model.decoder.num_layers"], seed) == (1, 0):
             add_records(db, run_id, 200)
     queue.submit(db, grid("backbones", {"model.backbone.name": ["resnet18", "resnet101"]}, [0], root))
     for run_id, overrides, _seed in runs_of(db, "backbones"):
         ap, fps, gflops = KNOWN_BACKBONES[overrides["model.backbone.name"]]
-        succeed(db, run_id, ap=ap, fps=fps, gflops=gflops)
+        succeed(db, run_id, ap=ap, gflops=gflops, speeds=(speed(run_id, fps, "cpu"),))
     queue.submit(db, grid("broken", {"model.num_ia_queries": [10, 20, 30]}, [0], root))
     failed, running, _queued = (run_id for run_id, _o, _s in runs_of(db, "broken"))
     set_state(db, failed, FAILED, attempts=3, error="Traceback (most recent call last):\n  File \"job.py\"\n"
@@ -159,22 +182,24 @@ def fill_demo(db: Database, root: Path) -> Path:
     """A paper-like database; returns the path of a matching ``reported.csv`` written under ``root``."""
     (root / "data").mkdir(parents=True, exist_ok=True)
     layers = grid("table6a_layers", {"model.decoder.num_layers": list(DEMO_LAYERS)}, [0, 1], root / "data",
-                  real_stages=True, reference="model.decoder.num_layers=3")
+                  real_stages=True, reference="model.decoder.num_layers=3", speed={"device": "cuda"})
     queries = grid("table6b_queries", {"model.num_ia_queries": list(DEMO_QUERIES)}, [0], root / "data",
-                   real_stages=True)
+                   real_stages=True, speed={"device": "cuda"})
     queue.submit(db, layers)
     queue.submit(db, queries)
     image = prediction_image(root / "predictions" / "000139.png")
     for run_id, overrides, seed in runs_of(db, "table6a_layers"):
         ap, small, medium, large, gflops, fps = DEMO_LAYERS[overrides["model.decoder.num_layers"]]
         delta = 0.25 if seed else -0.15
-        succeed(db, run_id, ap=(ap - 0.6 + delta) / 100, fps=fps * 1.08 + seed * 0.4, gflops=gflops, device=V100,
+        v100 = fps * 1.08 + seed * 0.4
+        succeed(db, run_id, ap=(ap - 0.6 + delta) / 100, gflops=gflops, device="cuda:0",
+                speeds=(speed(run_id, v100), speed(run_id, v100 / 12, "cpu")),
                 ap_sml=((small - 0.5) / 100, (medium - 0.4) / 100, (large - 0.7) / 100),
                 artifacts=(("predictions", str(image.parent)),))
         add_records(db, run_id, 2000)
     for run_id, overrides, _seed in runs_of(db, "table6b_queries"):
         ap, small, medium, large, gflops, fps = DEMO_QUERIES[overrides["model.num_ia_queries"]]
-        succeed(db, run_id, ap=(ap - 0.8) / 100, fps=fps * 1.08, gflops=gflops, device=V100,
+        succeed(db, run_id, ap=(ap - 0.8) / 100, gflops=gflops, device="cuda:0", speeds=(speed(run_id, fps * 1.08),),
                 ap_sml=((small - 0.5) / 100, (medium - 0.4) / 100, (large - 0.7) / 100))
     queue.submit(db, grid("table1_backbones", {"model.backbone.name": ["resnet50", "resnet101"],
                                                "model.decoder.num_layers": [1, 3]}, [0, 1], root / "data",

@@ -4,6 +4,7 @@ PostgreSQL, and every view through ``streamlit.testing.v1.AppTest`` on a databas
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dashboard_demo import V100, fill_known
+import yaml
+from dashboard_demo import SPREAD, V100, fill_known
 from runner_helpers import DB_KINDS, open_db, url_for
 from streamlit.testing.v1 import AppTest
 
@@ -21,10 +23,14 @@ from dashboard import data
 from dashboard.figures import figure_bytes, tradeoff_figure
 from dashboard.paper import PaperError, load_reported
 from dashboard.tables import filter_table, sort_table
-from dashboard.tradeoff import TradeoffSpec, fps_settings, paper_points, pareto_mask, tradeoff_points
+from dashboard.tradeoff import TradeoffSpec, assign_lines, paper_points, pareto_mask, tradeoff_points
+from fastinst.grid import SpeedSetting, flatten, parse_grid
 from runner.db import Database, init_db
+from runner.results import seed_results, speed_settings
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "dashboard" / "app.py")
+CUDA, CPU = SpeedSetting("cuda", "float32"), SpeedSetting("cpu", "float32")
 AXES = {"layers": ["model.decoder.num_layers"], "backbones": ["model.backbone.name"], "broken": ["model.num_ia_queries"]}
 REPORTED = ("table,row,grid,row_name,AP,AP_S,AP_M,AP_L,GFLOPs,FPS,AR\n"
             "6a,D1,layers,model.decoder.num_layers=1,35.6,14.3,38.8,56.6,59.6,48.8,\n"
@@ -71,10 +77,41 @@ def test_load_reported_formats_and_errors(tmp_path: Path) -> None:
         load_reported(tmp_path / "absent.csv")
 
 
+def _grid_lines(path: Path) -> dict[str, tuple[str | None, str | None, float]]:
+    """Row name → (line, axis, order) for a grid file's rows, as the trade-off view draws them."""
+    spec = yaml.safe_load(path.read_text())
+    spec = {k: v for k, v in spec.items() if k not in ("data", "stage_options")} | {"stages": ["analyze"]}
+    grid = parse_grid(spec, source=str(path), root=path.parent)
+    keys = list(dict.fromkeys(k for row in grid.rows for k in row.overrides))
+    rows = [{k: flatten(row.config.to_dict())[k] for k in keys} for row in grid.rows]
+    return {row.name: line for row, line in zip(grid.rows, assign_lines(rows, keys))}
+
+
+def test_lines_join_rows_that_differ_along_one_axis() -> None:
+    demo = _grid_lines(REPO / "experiments" / "demo.yaml")
+    along = "model.decoder.num_layers"
+    # D0 → D1 → D3 along the layers; D1-learnable differs in the query init too: a lone point.
+    assert {n: (a, o) for n, (_l, a, o) in demo.items() if a} == {"D0": (along, 0.0), "D1": (along, 1.0),
+                                                                  "D3": (along, 2.0)}
+    assert demo["D1-learnable"][0] is None and len({line for line, _a, _o in demo.values() if line}) == 1
+    table6a = _grid_lines(REPO / "experiments" / "paper" / "table6a.yaml")
+    assert sorted(table6a, key=lambda n: table6a[n][2]) == ["D0", "D1", "D2", "D3", "D6", "D9"]
+    assert len({line for line, _a, _o in table6a.values()}) == 1
+    # Table 2 (query init × layers): one D1 → D3 line per query init, never across query inits.
+    table2 = _grid_lines(REPO / "experiments" / "paper" / "table2.yaml")
+    lines: dict[str, list[str]] = {}
+    for name, (line, axis, _order) in sorted(table2.items(), key=lambda kv: kv[1][2]):
+        assert axis == along
+        lines.setdefault(line, []).append(name)
+    assert sorted(lines.values()) == [[f"{init}-D1", f"{init}-D3"] for init in ("ia_guided", "learnable", "resize",
+                                                                                 "zero")]
+
+
 def test_figure_downloads_are_png_and_pdf() -> None:
     points = pd.DataFrame({"curve": ["g", "g"], "label": ["D1", "D3"], "grid": ["g", "g"], "row": ["a", "b"],
-                           "seeds": [1, 1], "x": [50.0, 35.0], "y": [35.0, 38.0], "y_std": [np.nan, np.nan],
-                           "pareto": [True, True]})
+                           "seeds": [1, 1], "x": [50.0, 35.0], "x_lo": [49.0, 34.0], "x_hi": [51.0, 36.0],
+                           "y": [35.0, 38.0], "y_std": [np.nan, 0.5], "line": ["l", "l"], "line_axis": ["k", "k"],
+                           "order": [0.0, 1.0], "pareto": [True, True]})
     paper = pd.DataFrame({"curve": ["g"], "label": ["D3 paper"], "table": ["6a"], "row": ["b"], "x": [35.5], "y": [37.9]})
     fig = tradeoff_figure(points, paper, TradeoffSpec(), "FPS", "grid")
     texts = {t.get_text() for t in fig.axes[0].texts}
@@ -94,19 +131,25 @@ def filled_any(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Datab
 
 
 def test_points_and_front_from_the_database(filled_any: Database) -> None:
-    results = data.grid_results(filled_any)
-    assert fps_settings(results) == [(V100, "float32"), ("cpu", "float32")]
+    assert speed_settings(filled_any) == [CPU, CUDA]  # 8 runs measured on the CPU, 6 on the V100
 
-    v100 = tradeoff_points(results, TradeoffSpec(fps_device=V100, fps_dtype="float32"), AXES)
+    results = seed_results(filled_any, setting=CUDA)
+    v100 = tradeoff_points(results, TradeoffSpec(), AXES)
     got = {r.label: (r.x, round(r.y, 6), r.seeds, r.pareto) for r in v100.itertuples()}
+    # D1 seed 0 also has an older V100 row at 10 FPS: the newest one (50) counts.
     assert got == {"D1": (51.0, 35.1, 2, True), "D2": (30.0, 36.2, 2, False), "D3": (35.5, 37.9, 2, True)}
     assert v100["label"].tolist() == ["D2", "D3", "D1"]  # by curve, then x
     assert v100["y_std"].round(4).tolist() == [0.2828, 0.1414, 0.1414]
+    assert (v100["x_lo"] + SPREAD).tolist() == [30.0, 35.0, 50.0] and (v100["x_hi"] - SPREAD).tolist() == [30.0, 36.0, 52.0]
+    assert v100["line_axis"].tolist() == ["model.decoder.num_layers"] * 3 and v100["line"].nunique() == 1
+    assert v100.set_index("label")["order"].to_dict() == {"D1": 0.0, "D2": 1.0, "D3": 2.0}
+    assert set(results.loc[results["fps"].isna(), "grid"]) == {"backbones"}  # measured on the CPU only
 
-    cpu = tradeoff_points(results, TradeoffSpec(fps_device="cpu", fps_dtype="float32"), AXES)
-    assert sorted(zip(cpu["label"], cpu["pareto"])) == [("resnet101", True), ("resnet18", True)]
+    cpu = tradeoff_points(seed_results(filled_any, setting=CPU), TradeoffSpec(), AXES)
+    assert sorted(zip(cpu["label"], cpu["x"].round(6))) == [("D1", 5.1), ("D2", 3.0), ("D3", 3.55),
+                                                            ("resnet101", 1.5), ("resnet18", 2.0)]
 
-    flops = tradeoff_points(results, TradeoffSpec(x="GFLOPs"), AXES)  # lower is better; every device counts
+    flops = tradeoff_points(results, TradeoffSpec(x="GFLOPs"), AXES)  # lower is better; no speed involved
     front = flops[flops["pareto"]].sort_values("x")
     assert list(zip(front["curve"], front["label"])) == [("backbones", "resnet18"), ("layers", "D1"),
                                                           ("layers", "D2"), ("layers", "D3")]
@@ -163,7 +206,11 @@ def _frame(at: AppTest, *columns: str) -> pd.DataFrame:
 def test_app_tradeoff_points_front_and_overlay(monkeypatch: pytest.MonkeyPatch, known: tuple[str, Path]) -> None:
     url, reported = known
     at = _app(monkeypatch, "--db", url, "--paper", str(reported))
-    assert at.selectbox(key="tradeoff_fps").value == (V100, "float32")
+    # Two of the three grids have the CPU as their reference; layers names cuda/float32.
+    assert at.selectbox(key="tradeoff_speed").value == CPU
+    assert sorted(_frame(at, "pareto")["x"].round(6)) == [1.5, 2.0, 3.0, 3.55, 5.1]
+    at.multiselect(key="tradeoff_grids").set_value(["layers"]).run()
+    assert at.selectbox(key="tradeoff_speed").value == CUDA  # the chosen grid's reference
     points = _frame(at, "pareto")
     assert list(zip(points["label"], points["x"], points["y"].round(6), points["pareto"])) == [
         ("D2", 30.0, 36.2, False), ("D3", 35.5, 37.9, True), ("D1", 51.0, 35.1, True)]
@@ -171,9 +218,11 @@ def test_app_tradeoff_points_front_and_overlay(monkeypatch: pytest.MonkeyPatch, 
     assert paper[["curve", "label", "x"]].values.tolist() == [["layers", "D1", 48.8], ["layers", "D3", 35.5]]
     chart = next(c for c in at.get("vega_lite_chart"))
     spec = json.loads(chart.proto.spec)
-    assert spec["layer"][0]["mark"]["strokeDash"] and "FPS (cuda:0" in json.dumps(spec)
+    assert spec["layer"][0]["mark"]["strokeDash"] and "FPS (cuda/float32, batch 1)" in json.dumps(spec)
+    assert {"x_lo", "x_hi", "y_lo", "y_hi"} <= set(json.dumps(spec).replace('"', " ").split())  # error bars
     assert {b.key for b in at.get("download_button")} == {"tradeoff_png", "tradeoff_pdf"}
 
+    at.multiselect(key="tradeoff_grids").set_value(["backbones", "broken", "layers"]).run()
     at.radio(key="tradeoff_x").set_value("GFLOPs").run()
     points = _frame(at, "pareto")
     assert sorted(points.loc[points["pareto"], "label"]) == ["D1", "D2", "D3", "resnet18"]
@@ -191,23 +240,35 @@ def test_app_table_values_filters_and_exports(monkeypatch: pytest.MonkeyPatch, k
     url, reported = known
     at = _app(monkeypatch, "--db", url, "--paper", str(reported), view="Table")
     at.selectbox(key="table_grid").set_value("layers").run()
-    table = at.markdown[0].value if "| model.decoder.num_layers |" in at.markdown[0].value else next(
-        m.value for m in at.markdown if "| model.decoder.num_layers |" in m.value)
-    lines = table.strip().splitlines()
-    assert lines[0] == "| model.decoder.num_layers | AP | AP_S | AP_M | AP_L | GFLOPs | FPS |"
-    assert lines[2:] == ["| 1 | 35.1 ± 0.1 | – | – | – | 59.6 ± 0.0 | 51.0 ± 1.4 |",
-                         "| 2 | 36.2 ± 0.3 | – | – | – | 67.5 ± 0.0 | 30.0 ± 0.0 |",
-                         "| 3 | 37.9 ± 0.1 | – | – | – | 75.5 ± 0.0 | 35.5 ± 0.7 |"]
+    assert at.selectbox(key="table_speed").value == CUDA  # the grid's reference
+    assert _table_cells(at) == [
+        ["model.decoder.num_layers", "AP", "AP_S", "AP_M", "AP_L", "GFLOPs", "FPS (cuda/float32)"],
+        ["1", "35.1 ± 0.1", "–", "–", "–", "59.6 ± 0.0", "51.0 [49.5–52.5]"],
+        ["2", "36.2 ± 0.3", "–", "–", "–", "67.5 ± 0.0", "30.0 [29.5–30.5]"],
+        ["3", "37.9 ± 0.1", "–", "–", "–", "75.5 ± 0.0", "35.5 [34.5–36.5]"]]
     latex, csv = (next(c.value for c in at.code if marker in c.value) for marker in (r"\begin{tabular}", "seeds"))
-    assert r"3 & 37.9 $\pm$ 0.1 & – & – & – & 75.5 $\pm$ 0.0 & 35.5 $\pm$ 0.7 \\" in latex
-    assert csv.splitlines()[0].startswith("model.decoder.num_layers,seeds,AP,AP_std")
+    assert " & ".join(["3", "37.9 ± 0.1", "–", "–", "–", "75.5 ± 0.0", "35.5 [34.5–36.5]"]) in " ".join(latex.split())
+    frame = pd.read_csv(io.StringIO(csv))
+    assert list(frame.columns[:4]) == ["model.decoder.num_layers", "seeds", "AP", "AP_std"]
+    assert frame[["fps", "fps_min", "fps_max", "fps_repeats", "fps_device"]].values.tolist()[0] == [
+        51.0, 49.5, 52.5, 6, V100]
     assert list(_frame(at, "row_name")["row"]) == ["D1", "D3"]
 
+    at.selectbox(key="table_speed").set_value(CPU).run()  # the same runs' CPU rows
+    assert [row[-1] for row in _table_cells(at)] == ["FPS (cpu/float32)", "5.1 [4.5–5.7]", "3.0 [2.5–3.5]",
+                                                     "3.5 [3.0–4.1]"]
+    at.selectbox(key="table_speed").set_value(CUDA).run()
     at.multiselect(key="table_filter_model.decoder.num_layers").set_value(["1", "3"]).run()
     at.selectbox(key="table_sort").set_value("AP").run()
     at.toggle(key="table_desc").set_value(True).run()
-    rows = next(m.value for m in at.markdown if "| model.decoder.num_layers |" in m.value).strip().splitlines()[2:]
-    assert [r.split(" | ")[0] for r in rows] == ["| 3", "| 1"]
+    assert [row[0] for row in _table_cells(at)[1:]] == ["3", "1"]
+
+
+def _table_cells(at: AppTest) -> list[list[str]]:
+    """The header and body cells of the view's Markdown table."""
+    table = next(m.value for m in at.markdown if "model.decoder.num_layers" in m.value and "|" in m.value)
+    lines = table.strip().splitlines()
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in [lines[0], *lines[2:]]]
 
 
 def test_app_run_view(monkeypatch: pytest.MonkeyPatch, known: tuple[str, Path]) -> None:
@@ -216,8 +277,11 @@ def test_app_run_view(monkeypatch: pytest.MonkeyPatch, known: tuple[str, Path]) 
     at.selectbox(key="run").set_value(int(run_id.split(" ")[0].lstrip("#"))).run()
     diff = _frame(at, "key", "base")
     assert diff.set_index("key").loc["model.decoder.num_layers"].tolist() == ["3", "1"]
-    metrics = _frame(at, "AP", "fps")
-    assert metrics.loc[0, "AP"] == pytest.approx(35.0) and metrics.loc[0, "fps"] == 50.0
+    metrics = _frame(at, "AP", "gflops")
+    assert metrics.loc[0, "AP"] == pytest.approx(35.0) and metrics.loc[0, "params"] == pytest.approx(30.0)
+    speed = _frame(at, "setting", "fps_min")  # every speed row, newest first
+    assert speed[["setting", "fps"]].values.tolist() == [["cuda/float32", 50.0], ["cpu/float32", 5.0],
+                                                         ["cuda/float32", 10.0]]
     assert len(at.get("vega_lite_chart")) == 2  # losses and learning rate
     assert any("no prediction images" in i.value for i in at.info)
 
