@@ -1,6 +1,9 @@
-"""The ``runner`` command: a thin layer over runner.queue, runner.worker, runner.export, runner.search.
+"""The ``runner`` command: a thin layer over runner.queue, runner.worker, runner.measure, runner.export,
+runner.search.
 
 Every command takes ``--db URL`` (default: ``$FASTINST_DB``, then ``sqlite:///<repo>/results.db``).
+Input errors (``USER_ERRORS``: a bad grid, config, dataset, checkpoint, an unknown grid or device)
+print one line and exit 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,10 +18,21 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from fastinst.config import ConfigError
-from fastinst.grid import GridError, load_grid
+from fastinst.data import DatasetError
+from fastinst.grid import GridError
 from runner import queue
 from runner.db import REPO_ROOT, Database, init_db, resolve_url
+from runner.errors import RunnerInputError
 from runner.job import DEFAULT_RUNS_DIR
+from runner.stages import load_grid
+
+
+def user_errors() -> tuple[type[ValueError], ...]:
+    """The project's input errors (imported when needed: the checkpoint reader loads torch)."""
+    from fastinst.checkpoint import CheckpointError
+    from runner.export import ExportError
+
+    return (RunnerInputError, GridError, ConfigError, DatasetError, CheckpointError, ExportError)
 
 
 def _db(args: argparse.Namespace) -> Database:
@@ -58,6 +72,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     db = _db(args)
     table = status_frame(db, args.grid)
     print(table.to_string(index=False) if len(table) else "no runs")
+    measurements = queue.measurement_counts(db, args.grid)
+    if measurements:
+        import pandas as pd
+
+        print("\nmeasurements pending or running (each waits until nothing else runs on its host):")
+        print(pd.DataFrame(measurements).to_string(index=False))
     if args.runs:
         runs = runs_frame(db, args.grid)
         cols = ["run_id", "grid", "row", "seed", "status", "attempts", "worker", "AP", "gflops", "fps"]
@@ -74,6 +94,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from runner.measure import measure_grid
+
+    done = measure_grid(_db(args), args.grid, device=args.device, dtype=args.dtype, backend=args.backend,
+                        repeats=args.repeats, images=args.images, warmup=args.warmup, data=args.data,
+                        runs_dir=args.runs_dir, poll=args.poll, say=lambda line: print(line, flush=True))
+    return 0 if done["measured"] or not done["skipped"] else 1
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -102,7 +131,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     url = resolve_url(args.db)
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO_ROOT / "dashboard" / "app.py"),
-           "--server.address", args.host, "--server.port", str(args.port), "--"]
+           "--server.address", args.host, "--server.port", str(args.port),
+           # .streamlit/config.toml's settings, which Streamlit reads only when started from the repo root:
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--"]
     # A URL with a password goes through the environment only (command lines are world-readable).
     if make_url(url).password is None:
         cmd += ["--db", url]
@@ -150,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "md", "latex"], default="md")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
 
+    p = add("measure", cmd_measure, "(re)measure the FPS of every succeeded run of a grid here, one after "
+                                    "another, alone on this host; adds one speed row per run")
+    p.add_argument("grid")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the grid's speed setting)")
+    p.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the grid's speed setting)")
+    p.add_argument("--backend", help="inference backend (default: the grid's speed setting, else eager)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes; FPS is their median (default 3)")
+    p.add_argument("--images", type=int, help="val images per pass (default: each run's bench option, else 100)")
+    p.add_argument("--warmup", type=int, help="untimed images first (default: each run's bench option, else 5)")
+    p.add_argument("--data", help="dataset folder to time on instead of the runs' own data")
+    p.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR))
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between checks while waiting for the host")
+
     for name, func, verb in (("cancel", cmd_cancel, "cancel queued/running"),
                              ("retry", cmd_retry, "requeue failed/cancelled")):
         p = add(name, func, f"{verb} runs, by id or by grid")
@@ -177,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except (GridError, ConfigError, ValueError) as exc:  # ExportError is a ValueError
+    except ValueError as exc:
+        if not isinstance(exc, user_errors()):
+            raise  # a bug, not bad input: keep the traceback
         print(f"runner {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -18,6 +18,9 @@ Tables (the dashboard reads these):
 - ``speed``: speed measurements, any number per run, one per (run, device, dtype, backend, time measured):
   median FPS over repeats with its min/max, latency percentiles, images, warm-up, threads, library
   versions, host, and what else the runner ran on that host while the timed section ran;
+- ``measure_jobs``: the measurement phase's queue (one job per requested speed row): a run's ``bench``
+  stage becomes one after its compute stages succeed, ``runner measure`` adds its own; same claim,
+  heartbeat and retry semantics as runs, but a measurement runs only while nothing else runs on its host;
 - ``train_records``: per-step training records (step, time, lr, total loss, each loss, raw record);
 - ``artifacts``: files a run produced (checkpoint, log, per-step JSONL, config).
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -58,6 +62,10 @@ VERSION_TABLE = "runner_alembic_version"
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
+DEFAULT_MAX_ATTEMPTS = 3  # attempts of a run or measurement job before it fails
+READ_RETRIES = 10  # a read transaction retried on transient lock errors
+WRITE_RETRIES = 20  # a write transaction (and a schema upgrade) retried on transient lock errors
+
 T = TypeVar("T")
 
 
@@ -74,6 +82,11 @@ def resolve_url(url: str | None = None) -> str:
 def safe_url(url: str | URL) -> str:
     """The URL with any password masked, for messages and logs."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+def host_name() -> str:
+    """This machine's identity for host-exclusive measurement: ``$FASTINST_HOST`` or the hostname."""
+    return os.environ.get("FASTINST_HOST") or socket.gethostname()
 
 
 class Base(DeclarativeBase):
@@ -119,6 +132,7 @@ class Run(Base):
         UniqueConstraint("run_key", "generation", name="uq_runs_key_generation"),
         Index("ix_runs_claim", "status", "priority", "id"),
         Index("ix_runs_variant", "variant_hash", "seed"),
+        Index("ix_runs_host", "host", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -139,8 +153,9 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_ATTEMPTS)
     worker: Mapped[str | None] = mapped_column(String(200))
+    host: Mapped[str | None] = mapped_column(String(200))  # where its job runs (set at claim or job start)
     claim_token: Mapped[str | None] = mapped_column(String(32))
     device: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
@@ -213,6 +228,45 @@ class SpeedMeasurement(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     run: Mapped[Run] = relationship(back_populates="speed")
+
+
+class MeasureJob(Base):
+    """A queued speed measurement of one run: its settings, queue state, and the row it produced.
+
+    ``owner`` set: a ``runner measure`` process made it for itself on ``host`` (no worker claims it,
+    and while it waits workers on that host start no new compute job, so the host drains for it)."""
+
+    __tablename__ = "measure_jobs"
+    __table_args__ = (Index("ix_measure_jobs_claim", "status", "priority", "id"),
+                      Index("ix_measure_jobs_host", "host", "status"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    device_type: Mapped[str] = mapped_column(String(16))  # "cpu" | "cuda"
+    dtype: Mapped[str] = mapped_column(String(32))
+    backend: Mapped[str] = mapped_column(String(32))
+    images: Mapped[int] = mapped_column(Integer)
+    warmup: Mapped[int] = mapped_column(Integer)
+    repeats: Mapped[int] = mapped_column(Integer)
+    weights: Mapped[str | None] = mapped_column(String(1000))
+    source: Mapped[str] = mapped_column(String(32))  # "stage" | "measure"
+    owner: Mapped[str | None] = mapped_column(String(200))
+
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_ATTEMPTS)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    host: Mapped[str | None] = mapped_column(String(200))
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    speed_id: Mapped[int | None] = mapped_column(ForeignKey("speed.id", ondelete="SET NULL"))
+
+    run: Mapped[Run] = relationship()
 
 
 class TrainRecord(Base):
@@ -297,10 +351,10 @@ class Database:
         """The full URL (password included) for child processes; never print it."""
         return self.url.render_as_string(hide_password=False)
 
-    def read(self, fn: Callable[[Session], T], retries: int = 10) -> T:
+    def read(self, fn: Callable[[Session], T], retries: int = READ_RETRIES) -> T:
         return self._transact(self._read, fn, retries)
 
-    def write(self, fn: Callable[[Session], T], retries: int = 20) -> T:
+    def write(self, fn: Callable[[Session], T], retries: int = WRITE_RETRIES) -> T:
         """Run ``fn`` in one writing transaction, committed on return, retried on transient locks."""
         return self._transact(self._write, fn, retries)
 
@@ -328,7 +382,7 @@ def init_db(url: str | URL | Database) -> Database:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     writer = db.engine.execution_options(sqlite_immediate=True) if db.is_sqlite else db.engine
-    for attempt in range(20):
+    for attempt in range(WRITE_RETRIES):
         try:
             with writer.begin() as conn:
                 if db.is_postgres:
@@ -338,7 +392,7 @@ def init_db(url: str | URL | Database) -> Database:
                 command.upgrade(cfg, "head")
             return db
         except OperationalError as exc:
-            if attempt == 19 or not _is_transient(exc):
+            if attempt == WRITE_RETRIES - 1 or not _is_transient(exc):
                 raise
             time.sleep(0.05 * (1 + random.random()))
     return db

@@ -38,6 +38,7 @@ from runner.db import (
     Run,
     SpeedMeasurement,
     TrainRecord,
+    host_name,
     resolve_url,
     utcnow,
 )
@@ -204,20 +205,25 @@ def run_job(db: Database, run_id: int, token: str, runs_dir: str | Path = DEFAUL
     sink = RecordSink(db, run_id, token, info["attempt"])
     ctx = JobContext(run_id, info["attempt"], cfg, info["data"], info["stage_options"], run_dir,
                      sink if rank == 0 else (lambda _record: None))
-    print(f"run {run_id} attempt {info['attempt']}: stages {info['stages']} in {run_dir}", flush=True)
+    # Exclusive stages (bench) time the model: they become a measurement job, queued on success
+    # and run when nothing else runs on its host (runner.measure), not here next to other jobs.
+    compute = [s for s in info["stages"] if not STAGES[s].exclusive]
+    deferred = [s for s in info["stages"] if STAGES[s].exclusive]
+    print(f"run {run_id} attempt {info['attempt']}: stages {compute} in {run_dir}"
+          + (f"; then measurement {deferred}" if deferred else ""), flush=True)
     try:
         if rank == 0:
             (run_dir / "config.yaml").write_text(cfg.to_yaml())
             db.write(lambda s: _record_environment(s, run_id, token, str(run_dir)))
         timings = {"startup_s": started - info["claimed_at"]}
-        for stage in info["stages"]:
+        for stage in compute:
             t0 = time.perf_counter()
-            ctx.results[stage] = STAGE_RUNNERS[stage](ctx)
+            ctx.results[stage] = STAGES[stage].run(ctx)
             timings[f"{stage}_s"] = time.perf_counter() - t0
             print(f"stage {stage}: {json.dumps(ctx.results[stage], default=str)}", flush=True)
         if rank == 0:
             sink.flush()
-            db.write(lambda s: _store(s, run_id, token, ctx, timings, run_dir))
+            db.write(lambda s: _store(s, run_id, token, ctx, timings, run_dir, deferred))
     except queue.LostClaim as exc:
         print(f"stopping: {exc}", flush=True)
         return 3
@@ -249,24 +255,36 @@ def _record_environment(s: Any, run_id: int, token: str, run_dir: str) -> None:
     run.packages = package_versions()
     run.run_dir = run_dir
     run.device = visible_devices()
+    run.host = run.host or host_name()  # a Ray task learns its node only here
 
 
-def _store(s: Any, run_id: int, token: str, ctx: JobContext, timings: dict[str, float], run_dir: Path) -> None:
+def _store(s: Any, run_id: int, token: str, ctx: JobContext, timings: dict[str, float], run_dir: Path,
+           deferred: list[str]) -> None:
+    """The run's results and ``succeeded``, plus a queued measurement job per ``deferred`` stage."""
+    from runner.measure import stage_settings
+
     run = queue.owned_run(s, run_id, token)
     old = s.get(Metrics, run_id)
     if old is not None:
         s.delete(old)
         s.flush()
     s.add(metrics_row(run_id, ctx.results, timings))
+    for row in speed_rows(run_id, ctx.results):
+        s.add(row)
     for kind, path in [*ctx.artifacts, ("log", str(run_dir / "job.log")), ("config", str(run_dir / "config.yaml"))]:
         s.add(Artifact(run_id=run_id, kind=kind, path=path))
-    run.device = device_name()
+    for stage in deferred:
+        queue.add_measurement(s, run, stage_settings(run, ctx.options_for(stage), ctx.weights(stage)), source="stage")
+    run.device = visible_devices()
     run.status, run.finished_at, run.claim_token = SUCCEEDED, utcnow(), None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runner.job", description=__doc__.splitlines()[0])
-    parser.add_argument("run_id", type=int)
+def child_main(argv: list[str] | None, prog: str, id_name: str, description: str,
+               body: Callable[[Database, int, str, str], int]) -> int:
+    """A worker's child process (``runner.job`` or ``runner.measure``): ``body(db, id, token, runs_dir)``
+    with the claim token from ``$FASTINST_RUN_TOKEN``, dying with the worker that started it."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(id_name, type=int)
     parser.add_argument("--db", help="database URL (default: $FASTINST_DB, then sqlite:///<repo>/results.db)")
     parser.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR))
     parser.add_argument("--token", default=os.environ.get("FASTINST_RUN_TOKEN"),
@@ -278,9 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("a claim token is needed (--token or $FASTINST_RUN_TOKEN)")
     db = Database(resolve_url(args.db))
     try:
-        return run_job(db, args.run_id, args.token, args.runs_dir)
+        return body(db, getattr(args, id_name), args.token, args.runs_dir)
     finally:
         db.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return child_main(argv, "python -m runner.job", "run_id", __doc__.splitlines()[0], run_job)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,12 @@
   so a run requeued behind a stalled worker's back can never be finished twice.
 - Workers ``heartbeat`` their runs; ``sweep_stale`` requeues runs whose worker stopped (or fails
   them once ``max_attempts`` is used up), keeping every attempt's error text.
+- The measurement phase (``measure_jobs``) has the same claim/heartbeat/retry semantics, plus host
+  exclusivity: ``claim`` takes no compute run on a host where a measurement runs (or a ``runner
+  measure`` waits), and ``claim_measurement``/``start_owned`` take a measurement only while no other
+  runner job runs on the host. Each check-and-claim is one transaction under the host's lock
+  (SQLite: the ``BEGIN IMMEDIATE`` write lock; PostgreSQL: a transaction-scoped advisory lock keyed
+  by the host), so two workers on one host cannot both pass the check.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,15 +43,21 @@ from runner.db import (
     Database,
     GridRecord,
     GridRow,
+    MeasureJob,
     Run,
     utcnow,
 )
+from runner.errors import RunnerInputError
 
 MAX_ERROR_CHARS = 20000
+SUBMIT_RETRIES = 10  # a submit that lost a race with a concurrent submit of the same grid is retried
+RUN, MEASURE = "run", "measure"  # the two kinds of queued job
+TABLES: dict[str, type[Run] | type[MeasureJob]] = {RUN: Run, MEASURE: MeasureJob}
+Job = Run | MeasureJob
 
 
 class LostClaim(RuntimeError):
-    """The run is no longer running under this claim (cancelled, or requeued as stale)."""
+    """The job is no longer running under this claim (cancelled, or requeued as stale)."""
 
 
 @dataclass
@@ -63,11 +75,23 @@ class SubmitResult:
 
 @dataclass
 class Claim:
+    """A claimed job: a run (``kind`` "run") or a measurement of run ``run_id`` (``job_id``)."""
+
     run_id: int
     token: str
     grid: str
     gpus: int
     attempt: int
+    kind: str = RUN
+    job_id: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """(kind, id in its table): identifies the job among a worker's jobs."""
+        return (self.kind, self.job_id if self.kind == MEASURE and self.job_id is not None else self.run_id)
+
+    def describe(self) -> str:
+        return f"run {self.run_id}" if self.kind == RUN else f"measurement {self.job_id} (run {self.run_id})"
 
 
 def run_key(config_hash: str, seed: int, stages: list[str], stage_options: dict[str, Any],
@@ -165,124 +189,271 @@ def submit(db: Database, grid: Grid, *, force: bool = False, priority: int | Non
     """
     prio = grid.priority if priority is None else priority
     attempts = grid.max_attempts if max_attempts is None else max_attempts
-    for attempt in range(10):
+    for attempt in range(SUBMIT_RETRIES):
         try:
             return db.write(lambda s: _submit_once(s, grid, force, prio, attempts, keep_rows))
         except IntegrityError:
             # A concurrent submit inserted the same grid or runs first: retry, now seeing them.
-            if attempt == 9:
+            if attempt == SUBMIT_RETRIES - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- host exclusivity
+
+
+def _lock_host(s: Session, host: str) -> None:
+    """Serialise check-and-claim per host. SQLite writers already hold the database's write lock
+    (``BEGIN IMMEDIATE``); PostgreSQL takes a transaction-scoped advisory lock keyed by the host."""
+    if s.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"fastinst-host:{host}".encode()).digest()[:8], "big", signed=True)
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def host_jobs(s: Session, host: str, exclude: tuple[str, int] | None = None) -> list[dict[str, Any]]:
+    """The runner jobs running on ``host`` (runs and measurements), except ``exclude`` (kind, id)."""
+    out = []
+    for kind, table in TABLES.items():
+        for job in s.scalars(select(table).where(table.host == host, table.status == RUNNING).order_by(table.id)):
+            if (kind, job.id) == exclude:
+                continue
+            run_id = job.id if kind == RUN else job.run_id
+            out.append({"kind": kind, "id": job.id, "run_id": run_id, "worker": job.worker,
+                        "since": f"{job.started_at:%Y-%m-%d %H:%M:%S}" if job.started_at else None})
+    return out
+
+
+def _measurement_waiting(s: Session, host: str) -> bool:
+    """A measurement runs on ``host``, or a ``runner measure`` there waits for the host to drain."""
+    stmt = select(func.count()).select_from(MeasureJob).where(MeasureJob.host == host, or_(
+        MeasureJob.status == RUNNING, and_(MeasureJob.status == QUEUED, MeasureJob.owner.is_not(None))))
+    return s.scalar(stmt) > 0
+
+
+def _start(job: Job, worker: str, host: str | None) -> None:
+    now = utcnow()
+    job.status, job.worker, job.host = RUNNING, worker, host
+    job.claim_token = uuid.uuid4().hex
+    job.attempts += 1
+    job.started_at = job.heartbeat_at = now
+    job.finished_at = None
+
+
+def _measure_claim(job: MeasureJob) -> Claim:
+    return Claim(job.run_id, job.claim_token or "", job.run.grid.name, int(job.device_type == "cuda"),
+                 job.attempts, MEASURE, job.id)
 
 
 # --------------------------------------------------------------------------- claim / heartbeat
 
 
-def claim(db: Database, worker: str, *, max_gpus: int, device: str) -> Claim | None:
-    """Atomically take the highest-priority queued run needing at most ``max_gpus`` GPUs."""
+def claim(db: Database, worker: str, *, max_gpus: int, device: str, host: str | None = None) -> Claim | None:
+    """Atomically take the highest-priority queued run needing at most ``max_gpus`` GPUs; with a
+    ``host``, only while no measurement runs (or waits to run) there."""
 
     def _claim(s: Session) -> Claim | None:
+        if host is not None:
+            _lock_host(s, host)
+            if _measurement_waiting(s, host):
+                return None
         stmt = (select(Run).where(Run.status == QUEUED, Run.gpus <= max_gpus)
                 .order_by(Run.priority.desc(), Run.id).limit(1).with_for_update(skip_locked=True))
         run = s.scalars(stmt).first()
         if run is None:
             return None
-        now = utcnow()
-        run.status, run.worker, run.device = RUNNING, worker, device
-        run.claim_token = uuid.uuid4().hex
-        run.attempts += 1
-        run.started_at = run.heartbeat_at = now
-        run.finished_at = None
-        return Claim(run.id, run.claim_token, run.grid.name, run.gpus, run.attempts)
+        _start(run, worker, host)
+        run.device = device
+        return Claim(run.id, run.claim_token or "", run.grid.name, run.gpus, run.attempts)
 
     return db.write(_claim)
 
 
+def claim_measurement(db: Database, worker: str, *, device_type: str, host: str) -> Claim | None:
+    """Atomically take the next queued measurement for ``device_type``, only while no other runner
+    job runs on ``host`` (and no ``runner measure`` waits there)."""
+
+    def _claim(s: Session) -> Claim | None:
+        _lock_host(s, host)
+        if host_jobs(s, host) or _measurement_waiting(s, host):
+            return None
+        stmt = (select(MeasureJob).where(MeasureJob.status == QUEUED, MeasureJob.owner.is_(None),
+                                         MeasureJob.device_type == device_type)
+                .order_by(MeasureJob.priority.desc(), MeasureJob.id).limit(1).with_for_update(skip_locked=True))
+        job = s.scalars(stmt).first()
+        if job is None:
+            return None
+        _start(job, worker, host)
+        return _measure_claim(job)
+
+    return db.write(_claim)
+
+
+def add_measurement(s: Session, run: Run, settings: dict[str, Any], *, source: str, owner: str | None = None,
+                    host: str | None = None) -> MeasureJob:
+    """Queue a measurement of ``run`` with ``settings`` (device_type, dtype, backend, images, warmup,
+    repeats, weights); ``owner``/``host``: a ``runner measure`` process's own job on its host."""
+    job = MeasureJob(run_id=run.id, source=source, owner=owner, host=host, status=QUEUED, priority=run.priority,
+                     attempts=0, max_attempts=run.max_attempts, **settings)
+    if owner is not None:
+        job.worker, job.claim_token, job.heartbeat_at = owner, uuid.uuid4().hex, utcnow()
+    s.add(job)
+    s.flush()
+    return job
+
+
+def start_owned(db: Database, job_id: int, token: str, host: str) -> Claim | list[dict[str, Any]]:
+    """Start the ``runner measure`` job ``job_id`` if nothing else runs on ``host``: its claim, or
+    (while waiting, heartbeating it) the runner jobs still running there."""
+
+    def _start_owned(s: Session) -> Claim | list[dict[str, Any]]:
+        _lock_host(s, host)
+        job = owned(s, MEASURE, job_id, token, statuses=(QUEUED,))
+        busy = host_jobs(s, host, exclude=(MEASURE, job_id))
+        if busy:
+            job.heartbeat_at = utcnow()
+            return busy
+        _start(job, job.owner or "runner measure", host)
+        job.claim_token = token
+        return _measure_claim(job)
+
+    return db.write(_start_owned)
+
+
+def owned(s: Session, kind: str, job_id: int, token: str, statuses: tuple[str, ...] = (RUNNING,)) -> Job:
+    """The job, locked for update, if it is still in ``statuses`` under ``token``; else ``LostClaim``."""
+    table = TABLES[kind]
+    job = s.scalars(select(table).where(table.id == job_id).with_for_update()).one_or_none()
+    if job is None or job.status not in statuses or job.claim_token != token:
+        state = "deleted" if job is None else f"{job.status}, claim {'kept' if job.claim_token == token else 'lost'}"
+        raise LostClaim(f"{kind} {job_id} is no longer ours ({state})")
+    return job
+
+
 def owned_run(s: Session, run_id: int, token: str) -> Run:
     """The run, locked for update, if it is still running under ``token``; else ``LostClaim``."""
-    run = s.scalars(select(Run).where(Run.id == run_id).with_for_update()).one_or_none()
-    if run is None or run.status != RUNNING or run.claim_token != token:
-        state = "deleted" if run is None else f"{run.status}, claim {'kept' if run.claim_token == token else 'lost'}"
-        raise LostClaim(f"run {run_id} is no longer ours ({state})")
+    run = owned(s, RUN, run_id, token)
+    assert isinstance(run, Run)
     return run
 
 
-def heartbeat(db: Database, claims: Iterable[tuple[int, str]]) -> set[int]:
-    """Refresh the heartbeat of our running runs; return the ids whose job should be stopped:
-    cancelled, deleted, or running under someone else's claim. (A run our job already finished
-    or failed is not reported: the job is exiting on its own.)"""
-    tokens = dict(claims)
-    if not tokens:
+def heartbeat(db: Database, claims: Iterable[Claim]) -> set[tuple[str, int]]:
+    """Refresh the heartbeat of our jobs; return the keys of those whose job should be stopped:
+    cancelled, deleted, or running under someone else's claim. (A job that already finished or
+    failed is not reported: it is exiting on its own.)"""
+    by_kind: dict[str, dict[int, str]] = {}
+    for c in claims:
+        by_kind.setdefault(c.kind, {})[c.key[1]] = c.token
+    if not by_kind:
         return set()
 
-    def _beat(s: Session) -> set[int]:
+    def _beat(s: Session) -> set[tuple[str, int]]:
         now = utcnow()
-        lost = set(tokens)
-        for run in s.scalars(select(Run).where(Run.id.in_(list(tokens)))):
-            if run.status == RUNNING and run.claim_token == tokens[run.id]:
-                run.heartbeat_at = now
-            if run.status != CANCELLED and (run.status != RUNNING or run.claim_token == tokens[run.id]):
-                lost.discard(run.id)
+        lost = {(kind, i) for kind, tokens in by_kind.items() for i in tokens}
+        for kind, tokens in by_kind.items():
+            table = TABLES[kind]
+            for job in s.scalars(select(table).where(table.id.in_(list(tokens)))):
+                ours = job.claim_token == tokens[job.id]
+                if ours and job.status in (RUNNING, QUEUED):
+                    job.heartbeat_at = now
+                if job.status != CANCELLED and (job.status not in (RUNNING, QUEUED) or ours):
+                    lost.discard((kind, job.id))
         return lost
 
     return db.write(_beat)
 
 
-def _requeue_or_fail(run: Run, message: str, count_attempt: bool = True) -> str:
+def _requeue_or_fail(job: Job, message: str, count_attempt: bool = True) -> str:
     if not count_attempt:
-        run.attempts = max(0, run.attempts - 1)
-    run.error = append_error(run.error, message)
-    run.worker = run.claim_token = None
-    if run.attempts >= run.max_attempts:
-        run.status = FAILED
-        run.finished_at = utcnow()
+        job.attempts = max(0, job.attempts - 1)
+    job.error = append_error(job.error, message)
+    job.worker = job.claim_token = None
+    # A ``runner measure`` job belongs to its process: without it, it is over.
+    if job.attempts >= job.max_attempts or getattr(job, "owner", None) is not None:
+        job.status = FAILED
+        job.finished_at = utcnow()
     else:
-        run.status = QUEUED
-    return run.status
+        job.status = QUEUED
+    return job.status
 
 
-def sweep_stale(db: Database, stale_after: float) -> list[int]:
-    """Requeue (or fail, when out of attempts) running runs whose heartbeat is older than ``stale_after`` s."""
+def _stale(table: type[Run] | type[MeasureJob], cutoff: Any) -> Any:
+    running_stale = and_(table.status == RUNNING, table.heartbeat_at < cutoff)
+    if table is MeasureJob:  # a waiting ``runner measure`` heartbeats its queued job
+        return or_(running_stale, and_(table.status == QUEUED, table.owner.is_not(None), table.heartbeat_at < cutoff))
+    return running_stale
 
-    def _sweep(s: Session) -> list[int]:
+
+def sweep_stale(db: Database, stale_after: float) -> list[tuple[str, int]]:
+    """Requeue (or fail, when out of attempts) jobs whose heartbeat is older than ``stale_after`` s."""
+
+    def _sweep(s: Session) -> list[tuple[str, int]]:
         cutoff = utcnow() - timedelta(seconds=stale_after)
-        stale = list(s.scalars(select(Run).where(Run.status == RUNNING, Run.heartbeat_at < cutoff)
-                               .with_for_update(skip_locked=True)))
-        for run in stale:
-            _requeue_or_fail(run, f"attempt {run.attempts}: worker {run.worker} stopped heartbeating "
-                                  f"(last heartbeat {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)")
-        return [r.id for r in stale]
+        swept = []
+        for kind, table in TABLES.items():
+            for job in s.scalars(select(table).where(_stale(table, cutoff)).with_for_update(skip_locked=True)):
+                _requeue_or_fail(job, f"attempt {job.attempts}: worker {job.worker} stopped heartbeating "
+                                      f"(last heartbeat {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)")
+                swept.append((kind, job.id))
+        return swept
 
     def _any_stale(s: Session) -> bool:
         cutoff = utcnow() - timedelta(seconds=stale_after)
-        return s.scalar(select(func.count()).select_from(Run)
-                        .where(Run.status == RUNNING, Run.heartbeat_at < cutoff)) > 0
+        return any(s.scalar(select(func.count()).select_from(table).where(_stale(table, cutoff))) > 0
+                   for table in TABLES.values())
 
     # Look before taking the write lock: sweeps run often and almost always find nothing.
     return db.write(_sweep) if db.read(_any_stale) else []
 
 
-def fail(db: Database, run_id: int, token: str, error: str, *, count_attempt: bool = True) -> str | None:
-    """Record a failed attempt of a run we own: requeued while attempts remain, else failed.
+def fail(db: Database, job_id: int, token: str, error: str, *, count_attempt: bool = True,
+         kind: str = RUN) -> str | None:
+    """Record a failed attempt of a job we own: requeued while attempts remain, else failed.
 
-    Returns the new status, or None when the run was no longer ours.
+    Returns the new status, or None when the job was no longer ours.
     """
 
     def _fail(s: Session) -> str | None:
         try:
-            run = owned_run(s, run_id, token)
+            job = owned(s, kind, job_id, token, statuses=(RUNNING, QUEUED))
         except LostClaim:
             return None
-        prefix = f"attempt {run.attempts}" if count_attempt else f"attempt {run.attempts} (not counted)"
-        return _requeue_or_fail(run, f"{prefix}: {error}", count_attempt)
+        prefix = f"attempt {job.attempts}" if count_attempt else f"attempt {job.attempts} (not counted)"
+        return _requeue_or_fail(job, f"{prefix}: {error}", count_attempt)
 
     return db.write(_fail)
 
 
-def pending(db: Database, max_gpus: int) -> int:
-    """How many runs this worker could still get: queued or running (a running one may be requeued)."""
-    return db.read(lambda s: s.scalar(select(func.count()).select_from(Run).where(
-        Run.status.in_((QUEUED, RUNNING)), Run.gpus <= max_gpus)))
+def pending(db: Database, max_gpus: int, device_type: str | None = None) -> int:
+    """How many jobs this worker could still get: queued or running runs (a running one may be
+    requeued), and with ``device_type`` the measurements it could take."""
+
+    def _count(s: Session) -> int:
+        runs = s.scalar(select(func.count()).select_from(Run).where(
+            Run.status.in_((QUEUED, RUNNING)), Run.gpus <= max_gpus))
+        if device_type is None:
+            return runs
+        return runs + s.scalar(select(func.count()).select_from(MeasureJob).where(
+            MeasureJob.status.in_((QUEUED, RUNNING)), MeasureJob.owner.is_(None),
+            MeasureJob.device_type == device_type))
+
+    return db.read(_count)
+
+
+def measurement_counts(db: Database, grid: str | None = None) -> list[dict[str, Any]]:
+    """Pending and running measurements per (grid, status, device type, dtype, backend, host)."""
+
+    def _query(s: Session) -> list[dict[str, Any]]:
+        cols = (GridRecord.name, MeasureJob.status, MeasureJob.device_type, MeasureJob.dtype, MeasureJob.backend,
+                MeasureJob.host)
+        stmt = (select(*cols, func.count()).join(Run, MeasureJob.run_id == Run.id)
+                .join(GridRecord, Run.grid_id == GridRecord.id)
+                .where(MeasureJob.status.in_((QUEUED, RUNNING))).group_by(*cols).order_by(GridRecord.name))
+        if grid:
+            stmt = stmt.where(GridRecord.name == grid)
+        keys = ("grid", "status", "device", "dtype", "backend", "host", "n")
+        return [dict(zip(keys, row)) for row in s.execute(stmt)]
+
+    return db.read(_query)
 
 
 # --------------------------------------------------------------------------- cancel / retry
@@ -298,14 +469,21 @@ def _select_runs(s: Session, run_ids: list[int] | None, grid: str | None, status
 
 
 def cancel(db: Database, *, run_ids: list[int] | None = None, grid: str | None = None) -> list[int]:
-    """Cancel queued and running runs (a worker stops a cancelled run at its next heartbeat)."""
+    """Cancel queued and running runs and their pending measurements (a worker stops a cancelled
+    job at its next heartbeat). Returns the cancelled runs' ids."""
     if not run_ids and not grid:
-        raise ValueError("cancel needs run ids or a grid name")
+        raise RunnerInputError("cancel needs run ids or a grid name")
 
     def _cancel(s: Session) -> list[int]:
         runs = _select_runs(s, run_ids, grid, (QUEUED, RUNNING))
-        for run in runs:
-            run.status, run.claim_token, run.finished_at = CANCELLED, None, utcnow()
+        of_grid = select(Run.id).join(GridRecord, Run.grid_id == GridRecord.id).where(GridRecord.name == grid)
+        stmt = select(MeasureJob).where(MeasureJob.status.in_((QUEUED, RUNNING)))
+        if run_ids:
+            stmt = stmt.where(MeasureJob.run_id.in_(run_ids))
+        if grid:
+            stmt = stmt.where(MeasureJob.run_id.in_(of_grid))
+        for job in [*runs, *s.scalars(stmt.with_for_update())]:
+            job.status, job.claim_token, job.finished_at = CANCELLED, None, utcnow()
         return [r.id for r in runs]
 
     return db.write(_cancel)
@@ -315,7 +493,7 @@ def retry(db: Database, *, run_ids: list[int] | None = None, grid: str | None = 
           priority: int | None = None) -> list[int]:
     """Requeue failed and cancelled runs with a fresh attempt budget (their error text is kept)."""
     if not run_ids and not grid:
-        raise ValueError("retry needs run ids or a grid name")
+        raise RunnerInputError("retry needs run ids or a grid name")
 
     def _retry(s: Session) -> list[int]:
         runs = _select_runs(s, run_ids, grid, (FAILED, CANCELLED))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import threading
@@ -62,13 +63,14 @@ def test_claim_order_resources_heartbeat_and_stale_sweep(db: Database, tmp_path:
     big_claim = queue.claim(db, "w2", max_gpus=4, device="cuda")
     assert big_claim is not None and big_claim.grid == "big"
 
-    assert queue.heartbeat(db, [(first.run_id, first.token), (second.run_id, "not-the-token")]) == {second.run_id}
+    forged = dataclasses.replace(second, token="not-the-token")
+    assert queue.heartbeat(db, [first, forged]) == {("run", second.run_id)}
     queue.cancel(db, run_ids=[big_claim.run_id])
-    assert queue.heartbeat(db, [(big_claim.run_id, big_claim.token)]) == {big_claim.run_id}
+    assert queue.heartbeat(db, [big_claim]) == {("run", big_claim.run_id)}
     # A heartbeat older than stale_after gets the run requeued, with the reason kept.
     old = utcnow().replace(year=2000)
     db.write(lambda s: s.execute(update(Run).where(Run.id == first.run_id).values(heartbeat_at=old)))
-    assert queue.sweep_stale(db, stale_after=60) == [first.run_id]
+    assert queue.sweep_stale(db, stale_after=60) == [("run", first.run_id)]
     run = db.read(lambda s: s.get(Run, first.run_id))
     assert run.status == QUEUED and "stopped heartbeating" in run.error and run.attempts == 1
     with pytest.raises(queue.LostClaim):

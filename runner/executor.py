@@ -1,0 +1,213 @@
+"""The one claim loop every executor runs, and how a claimed job becomes a process.
+
+``Executor.run`` sweeps stale jobs, heartbeats its own, claims while it has room, exits when
+asked to once nothing is left, and on shutdown stops its jobs and requeues them without spending
+an attempt. Subclasses say how a job starts, ends and is stopped: :class:`runner.worker.Worker`
+(child processes on this host) and :class:`runner.ray_executor.RayExecutor` (Ray tasks).
+
+A job is ``python -m runner.job RUN_ID`` (a run's compute stages) or ``python -m runner.measure
+JOB_ID`` (a measurement); either gets the database URL and its claim token through the
+environment (``FASTINST_DB``, ``FASTINST_RUN_TOKEN``), never on its command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner import queue
+from runner.db import REPO_ROOT, Database
+from runner.errors import RunnerInputError
+from runner.job import run_dir_for
+
+log = logging.getLogger("runner.executor")
+
+
+def log_tail(path: Path, chars: int = 3000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - chars))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def log_path_for(runs_dir: str | Path, claim: queue.Claim) -> Path:
+    """A run's job log (``job.log``) or a measurement's (``measure-<id>.log``) in the run's directory."""
+    name = "job.log" if claim.kind == queue.RUN else f"measure-{claim.job_id}.log"
+    return run_dir_for(runs_dir, claim.grid, claim.run_id) / name
+
+
+def record_exit(db: Database, claim: queue.Claim, returncode: int, log_path: Path) -> str | None:
+    """After a job process ended: if its job is still ours and running, the process died without
+    recording a result: count a failed attempt (requeued or failed). Returns the new status."""
+    if returncode < 0:
+        what = f"job killed by signal {signal.Signals(-returncode).name}"
+    else:
+        what = f"job exited with code {returncode} without recording a result"
+    return queue.fail(db, claim.key[1], claim.token, f"{what}; log {log_path}:\n{log_tail(log_path)}",
+                      kind=claim.kind)
+
+
+def job_env(db_url: str, claim: queue.Claim, visible: str, direct_child: bool,
+            cpu_threads: int | None = None) -> dict[str, str]:
+    """The job's environment; ``cpu_threads`` caps its intra-op threads (CPU slots share the cores)
+    unless the user set ``OMP_NUM_THREADS`` already."""
+    env = dict(os.environ)
+    env.update(FASTINST_DB=db_url, FASTINST_RUN_TOKEN=claim.token, CUDA_VISIBLE_DEVICES=visible,
+               PYTHONUNBUFFERED="1")
+    if cpu_threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(cpu_threads))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env.pop("FASTINST_WORKER_PID", None)
+    if direct_child:
+        env["FASTINST_WORKER_PID"] = str(os.getpid())
+    return env
+
+
+def job_command(claim: queue.Claim, runs_dir: Path) -> list[str]:
+    if claim.kind == queue.MEASURE:
+        return [sys.executable, "-m", "runner.measure", str(claim.job_id), "--runs-dir", str(runs_dir)]
+    job = ["-m", "runner.job", str(claim.run_id), "--runs-dir", str(runs_dir)]
+    if claim.gpus > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={claim.gpus}", *job]
+    return [sys.executable, *job]
+
+
+@dataclass
+class Handle:
+    """One job in flight: its claim, and whether the queue took it away from us."""
+
+    claim: queue.Claim
+    lost: bool = False
+
+
+class Executor:
+    """The claim/heartbeat/sweep/exit loop (see the module docstring); subclasses fill in the hooks."""
+
+    role = "executor"
+
+    def __init__(self, db: Database, *, name: str, runs_dir: str | Path, poll: float, heartbeat: float,
+                 stale_after: float, exit_when_empty: bool) -> None:
+        if stale_after <= 2 * heartbeat:
+            raise RunnerInputError(f"--stale-after ({stale_after}s) must exceed twice --heartbeat ({heartbeat}s)")
+        self.db, self.name = db, name
+        self.runs_dir = Path(runs_dir).resolve()
+        self.poll, self.heartbeat, self.stale_after = poll, heartbeat, stale_after
+        self.exit_when_empty = exit_when_empty
+        self.jobs: dict[tuple[str, int], Handle] = {}
+        self.stopping = False
+
+    # ------------------------------------------------------------------ hooks
+
+    def _setup(self) -> None:
+        """Before the loop (signals, connections)."""
+
+    def _teardown(self) -> None:
+        """After the loop and the shutdown."""
+
+    def _claim_next(self) -> queue.Claim | None:
+        raise NotImplementedError
+
+    def _start(self, claim: queue.Claim) -> None:
+        """Start the claimed job and add its handle to ``self.jobs``."""
+        raise NotImplementedError
+
+    def _finished(self) -> list[tuple[Handle, int | None, str | None]]:
+        """Jobs that ended since the last call: (handle, exit code, or None and why the job itself failed)."""
+        raise NotImplementedError
+
+    def _release(self, handle: Handle) -> None:
+        """Give the job's slot back."""
+
+    def _stop(self, handle: Handle) -> None:
+        """Ask the job to stop (its run was cancelled or taken over, or we shut down)."""
+        raise NotImplementedError
+
+    def _await_stopped(self) -> None:
+        """At shutdown, after ``_stop`` of every job: wait for them (forcing them after a grace period)."""
+
+    def _pending(self) -> int:
+        raise NotImplementedError
+
+    def _wait(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        self._setup()
+        next_beat = next_sweep = 0.0
+        try:
+            while not self.stopping:
+                self._reap()
+                now = time.monotonic()
+                if now >= next_sweep:
+                    for kind, job_id in queue.sweep_stale(self.db, self.stale_after):
+                        log.warning("%s %d: its worker stopped heartbeating; requeued (or failed)", kind, job_id)
+                    next_sweep = now + max(0.5, self.stale_after / 4)
+                if self.jobs and now >= next_beat:
+                    self._heartbeat()
+                    next_beat = now + self.heartbeat
+                claimed = self._fill()
+                if self.exit_when_empty and not self.jobs and not claimed and self._pending() == 0:
+                    log.info("%s %s: queue empty, exiting", self.role, self.name)
+                    return 0
+                if not claimed:
+                    self._wait(min(self.poll, self.heartbeat) if self.jobs else self.poll)
+            return 0
+        finally:
+            self._shutdown()
+            self._teardown()
+
+    def _fill(self) -> bool:
+        claimed = False
+        while not self.stopping and (claim := self._claim_next()) is not None:
+            self._start(claim)
+            claimed = True
+        return claimed
+
+    def _reap(self) -> None:
+        for handle, rc, error in self._finished():
+            self._release(handle)
+            del self.jobs[handle.claim.key]
+            what = handle.claim.describe()
+            if handle.lost:
+                log.info("%s: stopped (no longer ours)", what)
+            elif error is not None:
+                queue.fail(self.db, handle.claim.key[1], handle.claim.token, error, kind=handle.claim.kind)
+                log.warning("%s: %s", what, error)
+            else:
+                # Exit code 0 means the job stored its result; any other exit may have left it
+                # running under our claim (a crash before the job could record its failure).
+                log_path = log_path_for(self.runs_dir, handle.claim)
+                status = record_exit(self.db, handle.claim, rc, log_path) if rc else None
+                log.info("%s: exited %s%s", what, rc, f"; {status}" if status else "")
+
+    def _heartbeat(self) -> None:
+        for key in queue.heartbeat(self.db, [h.claim for h in self.jobs.values() if not h.lost]):
+            handle = self.jobs[key]
+            handle.lost = True
+            log.warning("%s: cancelled or taken over; stopping it", handle.claim.describe())
+            self._stop(handle)
+
+    def _shutdown(self) -> None:
+        if not self.jobs:
+            return
+        log.info("%s %s: stopping %d job(s) and requeueing them", self.role, self.name, len(self.jobs))
+        for handle in self.jobs.values():
+            self._stop(handle)
+        self._await_stopped()
+        for handle in self.jobs.values():
+            self._release(handle)
+            if not handle.lost:
+                queue.fail(self.db, handle.claim.key[1], handle.claim.token,
+                           f"{self.role} {self.name} shut down; requeued", count_attempt=False, kind=handle.claim.kind)
+        self.jobs.clear()

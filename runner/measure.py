@@ -1,0 +1,318 @@
+"""The measurement phase: timing a run's model alone on its host, stored as ``speed`` rows.
+
+Two ways in, one protocol (``fastinst.engine.bench``: batch 1, warm-up, ``repeats`` passes over the
+first ``images`` val images, median FPS with its min/max):
+
+- a run's ``bench`` stage: when the run's compute stages succeed, the job queues a measurement job
+  (``measure_jobs``); a worker runs it as ``python -m runner.measure JOB_ID`` once nothing else runs
+  on its host (``runner.queue.claim_measurement``), and it stores a row with ``source="stage"``;
+- ``runner measure GRID``: this process (re)measures every succeeded run of a grid, one after
+  another, on the device asked, each as its own measurement job pinned to this host (workers here
+  start no new compute job while it waits, so the host drains for it), ``source="measure"``.
+
+Just before and just after the timed section, the runner jobs running on the host are read back
+and stored in the row's ``concurrent`` list: empty by construction, recorded so a reader can check.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fastinst.checkpoint import CheckpointError
+from fastinst.config import config_from_dict
+from fastinst.data import DatasetError
+from fastinst.grid import reference_speed
+from runner import queue
+from runner.db import SUCCEEDED, Database, GridRecord, MeasureJob, Run, host_name, utcnow
+from runner.errors import RunnerInputError
+from runner.job import DEFAULT_RUNS_DIR, child_main, run_dir_for, speed_row
+from runner.stages import STAGES, BenchOptions, JobContext
+
+DTYPES = ("float32", "float16", "bfloat16")
+HEARTBEAT_S = 5.0  # how often ``runner measure`` heartbeats its job while waiting and measuring
+STALE_S = 120.0  # ``runner measure`` first requeues jobs whose worker stopped this long ago
+
+
+@dataclass(frozen=True)
+class MeasureTarget:
+    """What a measurement job times and where its row goes: its claim, device and settings."""
+
+    db: Database
+    job_id: int
+    token: str
+    host: str
+    source: str
+    device: str  # "cpu" | "cuda:N"
+    dtype: str
+    backend: str
+    images: int
+    warmup: int
+    repeats: int
+    weights: str | None
+
+
+def stage_settings(run: Run, opts: BenchOptions, weights: str | None) -> dict[str, Any]:
+    """A run's ``bench`` stage as a measurement job's settings: the grid's reference speed setting
+    (device type, dtype, backend) and the stage's options."""
+    setting = reference_speed(run.grid.spec)
+    return {"device_type": setting.device, "dtype": setting.dtype, "backend": setting.backend,
+            "images": opts.images, "warmup": opts.warmup, "repeats": opts.repeats, "weights": weights}
+
+
+# --------------------------------------------------------------------------- timing one run
+
+
+def _host_jobs(target: MeasureTarget) -> list[dict[str, Any]]:
+    return target.db.read(lambda s: queue.host_jobs(s, target.host, exclude=(queue.MEASURE, target.job_id)))
+
+
+def run_bench_stage(ctx: JobContext) -> dict[str, Any]:
+    """Time ``ctx``'s model as measurement job ``ctx.measure`` and store its ``speed`` row; returns
+    ``{speed_id, fps, fps_min, fps_max, concurrent}``."""
+    from fastinst.engine.bench import bench
+
+    target: MeasureTarget | None = ctx.measure
+    if target is None:
+        raise RuntimeError("the bench stage is exclusive: it runs as a measurement job (runner.measure), "
+                           "not inside a run's job")
+    backend = {} if target.backend == "eager" else {"backend": target.backend}
+    before = _host_jobs(target)
+    result = bench(ctx.cfg, target.weights, ctx.data_spec(), images=target.images, device=target.device,
+                   dtype=target.dtype, warmup=target.warmup, repeats=target.repeats, **backend)
+    after = _host_jobs(target)
+    seen = {(j["kind"], j["id"]): j for j in [*before, *after]}
+    result.update(backend=target.backend, concurrent=list(seen.values()))
+
+    def _store(s: Session) -> int:
+        job = queue.owned(s, queue.MEASURE, target.job_id, target.token)
+        row = speed_row(ctx.run_id, result, target.source)
+        row.extra = {**row.extra, "measure_job": target.job_id, "exclusive_host": target.host}
+        s.add(row)
+        s.flush()
+        job.speed_id, job.status, job.finished_at, job.claim_token = row.id, SUCCEEDED, utcnow(), None
+        return row.id
+
+    speed_id = target.db.write(_store)
+    return {"speed_id": speed_id, "fps": result["fps"], "fps_min": result["fps_min"], "fps_max": result["fps_max"],
+            "concurrent": result["concurrent"]}
+
+
+def _context(s: Session, job_id: int) -> dict[str, Any]:
+    job = s.get(MeasureJob, job_id)
+    if job is None:
+        raise SystemExit(f"runner.measure: no measurement job {job_id}")
+    run = job.run
+    return {"run_id": run.id, "grid": run.grid.name, "config": run.config, "data": run.data,
+            "options": run.stage_options or {}, "attempt": job.attempts, "host": job.host, "source": job.source,
+            "device_type": job.device_type, "dtype": job.dtype, "backend": job.backend, "images": job.images,
+            "warmup": job.warmup, "repeats": job.repeats, "weights": job.weights}
+
+
+def job_context(db: Database, job_id: int, token: str, runs_dir: str | Path, device: str,
+                data: dict[str, Any] | None = None) -> JobContext:
+    """The ``JobContext`` of measurement job ``job_id`` (``data`` replaces the run's data spec)."""
+    info = db.read(lambda s: _context(s, job_id))
+    target = MeasureTarget(db, job_id, token, info["host"], info["source"], device, info["dtype"], info["backend"],
+                           info["images"], info["warmup"], info["repeats"], info["weights"])
+    return JobContext(info["run_id"], info["attempt"], config_from_dict(info["config"]), data or info["data"],
+                      info["options"], run_dir_for(runs_dir, info["grid"], info["run_id"]), lambda _record: None,
+                      measure=target)
+
+
+def run_measure_job(db: Database, job_id: int, token: str, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> int:
+    """A worker's measurement job (the ``bench`` stage of the registry); returns the exit code."""
+    try:
+        device = "cuda:0" if db.read(lambda s: s.get(MeasureJob, job_id)).device_type == "cuda" else "cpu"
+        ctx = job_context(db, job_id, token, runs_dir, device)
+        print(f"measurement {job_id} of run {ctx.run_id} attempt {ctx.attempt} on {device}", flush=True)
+        result = STAGES["bench"].run(ctx)
+    except queue.LostClaim as exc:
+        print(f"stopping: {exc}", flush=True)
+        return 3
+    except Exception:
+        error = traceback.format_exc()
+        print(error, file=sys.stderr, flush=True)
+        print(f"measurement {job_id}: attempt failed, now "
+              f"{queue.fail(db, job_id, token, error, kind=queue.MEASURE)}", flush=True)
+        return 1
+    print(f"measurement {job_id}: {result}", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- runner measure GRID
+
+
+@dataclass
+class Plan:
+    """One run to measure: its weights (None: the config alone) and data, or why it is skipped."""
+
+    run_id: int
+    label: str
+    options: BenchOptions
+    weights: str | None = None
+    data: dict[str, Any] | None = None
+    note: str = ""
+    skip: str = ""
+
+
+def check_device(device: str) -> str:
+    """``cpu`` or ``cuda[:N]`` that exists here, as a torch device string; else ``RunnerInputError``."""
+    import torch
+
+    if device == "cpu":
+        return device
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise RunnerInputError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(index or 0) >= count:
+        raise RunnerInputError(f"--device {device}: no such device here ({count} CUDA device(s) visible)")
+    return f"cuda:{int(index or 0)}"
+
+
+def _plan(run: Run, data: dict[str, Any] | None) -> Plan:
+    """How to measure ``run``: the newest checkpoint it recorded, else the weights its grid gave its
+    bench/eval stage, else (a run that never trained) the config alone."""
+    stage_options = run.stage_options or {}
+    options = STAGES["bench"].parse_options(stage_options.get("bench", {}))
+    plan = Plan(run.id, f"run {run.id} ({run.row_name}, seed {run.seed})", options, data=data or run.data)
+    checkpoints = sorted((a for a in run.artifacts if a.kind == "checkpoint"), key=lambda a: a.id)
+    if checkpoints:
+        plan.weights = checkpoints[-1].path
+    elif options.weights or stage_options.get("eval", {}).get("weights"):
+        plan.weights = options.weights or stage_options["eval"]["weights"]
+    elif "train" in run.stages.split(","):
+        plan.skip = "it trained, but no checkpoint was recorded (its job stored none)"
+    else:
+        plan.note = "no weights: timed from the config alone (weight values do not change the speed)"
+    if plan.weights and not Path(plan.weights).is_file():
+        plan.skip = f"checkpoint {plan.weights} not found"
+    if plan.data is None:
+        plan.skip = plan.skip or "no val data to time on (the grid has no 'data'; pass --data)"
+    return plan
+
+
+def _plans(s: Session, grid: str, data: dict[str, Any] | None) -> tuple[GridRecord, list[Plan]]:
+    record = s.scalars(select(GridRecord).where(GridRecord.name == grid)).one_or_none()
+    if record is None:
+        known = list(s.scalars(select(GridRecord.name).order_by(GridRecord.name)))
+        raise RunnerInputError(f"no grid named {grid!r} in this database (grids: {', '.join(known) or 'none'})")
+    runs = s.scalars(select(Run).where(Run.grid_id == record.id, Run.status == SUCCEEDED).order_by(Run.id))
+    return record, [_plan(run, data) for run in runs]
+
+
+@contextmanager
+def _heartbeating(db: Database, claim: queue.Claim) -> Iterator[None]:
+    stop = threading.Event()
+
+    def _beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            queue.heartbeat(db, [claim])
+
+    thread = threading.Thread(target=_beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _wait_for_host(db: Database, job_id: int, token: str, host: str, poll: float,
+                   say: Callable[[str], None]) -> queue.Claim:
+    last: list[tuple[str, int]] = []
+    while True:
+        got = queue.start_owned(db, job_id, token, host)
+        if isinstance(got, queue.Claim):
+            return got
+        busy = [(j["kind"], j["id"]) for j in got]
+        if busy != last:
+            names = ", ".join(f"{j['kind']} {j['id']} (worker {j['worker']})" for j in got)
+            say(f"  waiting: host {host} is running {names}; no new job starts here until this measurement ran")
+            last = busy
+        time.sleep(poll)
+
+
+def measure_grid(db: Database, grid: str, *, device: str | None = None, dtype: str | None = None,
+                 backend: str | None = None, repeats: int = 3, images: int | None = None, warmup: int | None = None,
+                 data: str | None = None, runs_dir: str | Path = DEFAULT_RUNS_DIR, poll: float = 2.0,
+                 say: Callable[[str], None] = print) -> dict[str, list[int]]:
+    """(Re)measure every succeeded run of ``grid`` here, one after another (module docstring).
+
+    Unset ``device``/``dtype``/``backend`` default to the grid's reference speed setting, unset
+    ``images``/``warmup`` to each run's bench options. Returns ``{"measured": [...], "skipped": [...]}``
+    (run ids); a run that cannot be measured (no checkpoint, no data, unreadable file) is skipped with
+    its reason, and nothing stored is changed except the new rows and their jobs.
+    """
+    if dtype is not None and dtype not in DTYPES:
+        raise RunnerInputError(f"--dtype {dtype!r}: choose from {list(DTYPES)}")
+    if repeats < 1:
+        raise RunnerInputError(f"--repeats {repeats}: must be >= 1")
+    data_spec = {"root": str(Path(data).resolve())} if data else None
+    record, plans = db.read(lambda s: _plans(s, grid, data_spec))
+    setting = reference_speed(record.spec)
+    torch_device = check_device(device or setting.device)
+    dtype, backend = dtype or setting.dtype, backend or setting.backend
+    host, owner = host_name(), f"measure:{host_name()}:{os.getpid()}"
+    queue.sweep_stale(db, STALE_S)
+    say(f"grid {grid!r}: {len(plans)} succeeded run(s) to measure on {torch_device} {dtype} {backend}, "
+        f"{repeats} repeat(s), host {host}")
+    done: dict[str, list[int]] = {"measured": [], "skipped": []}
+    for plan in plans:
+        if plan.skip:
+            say(f"{plan.label}: skipped: {plan.skip}")
+            done["skipped"].append(plan.run_id)
+            continue
+        settings = {"device_type": torch_device.split(":")[0], "dtype": dtype, "backend": backend,
+                    "images": images or plan.options.images,
+                    "warmup": plan.options.warmup if warmup is None else warmup, "repeats": repeats,
+                    "weights": plan.weights}
+
+        def _add(s: Session, p: Plan = plan, st: dict[str, Any] = settings) -> tuple[int, str]:
+            job = queue.add_measurement(s, s.get(Run, p.run_id), st, source="measure", owner=owner, host=host)
+            return job.id, job.claim_token or ""
+
+        job_id, token = db.write(_add)
+        try:
+            claim = _wait_for_host(db, job_id, token, host, poll, say)
+            with _heartbeating(db, claim):
+                ctx = job_context(db, job_id, token, runs_dir, torch_device, plan.data)
+                result = run_bench_stage(ctx)
+        except (CheckpointError, DatasetError) as exc:
+            queue.fail(db, job_id, token, str(exc), kind=queue.MEASURE)
+            say(f"{plan.label}: skipped: {exc}")
+            done["skipped"].append(plan.run_id)
+            continue
+        except BaseException:
+            queue.fail(db, job_id, token, traceback.format_exc(), kind=queue.MEASURE)
+            raise
+        concurrent = f"; other runner jobs on the host: {result['concurrent']}" if result["concurrent"] else ""
+        say(f"{plan.label}: {result['fps']:.2f} FPS (min {result['fps_min']:.2f}, max {result['fps_max']:.2f}), "
+            f"speed row {result['speed_id']}{'; ' + plan.note if plan.note else ''}{concurrent}")
+        done["measured"].append(plan.run_id)
+    say(f"measured {len(done['measured'])}, skipped {len(done['skipped'])}")
+    return done
+
+
+# --------------------------------------------------------------------------- child process
+
+
+def main(argv: list[str] | None = None) -> int:
+    return child_main(argv, "python -m runner.measure", "job_id", "Run one measurement job (started by a worker).",
+                      run_measure_job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
