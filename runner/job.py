@@ -52,10 +52,6 @@ def run_dir_for(runs_dir: str | Path, grid: str, run_id: int) -> Path:
     return Path(runs_dir) / grid / str(run_id)
 
 
-# The registry (runner.stages) is the one place that knows the stages; run_job looks them up here.
-STAGE_RUNNERS: dict[str, Callable[[JobContext], dict[str, Any]]] = {name: s.run for name, s in STAGES.items()}
-
-
 # --------------------------------------------------------------------------- results
 
 
@@ -175,9 +171,6 @@ def visible_devices() -> str:
     if torch is not None and torch.cuda.is_available():
         return f"cuda:{visible} ({torch.cuda.get_device_name(0)})"
     return f"cuda:{visible}"
-
-
-device_name = visible_devices  # until run_job's _store (runner H4) calls visible_devices
 
 
 def die_with_parent(parent_pid: int | None) -> None:

@@ -31,9 +31,10 @@ from sqlalchemy.orm import Session
 from fastinst.grid import SpeedSetting, flatten
 from fastinst.grid import reference_speed as _spec_reference
 from runner.db import SUCCEEDED, Database, GridRecord, GridRow, Metrics, Run, SpeedMeasurement
+from runner.errors import RunnerInputError
 
 
-class ExportError(ValueError):
+class ExportError(RunnerInputError):
     """The requested grid or format does not exist."""
 
 
