@@ -81,6 +81,14 @@ def test_predictor_takes_arrays_tensors_and_paths_alone_or_batched(predictor: Pr
     assert predictor.class_names == ["circle", "rectangle", "triangle", "star"]
 
 
+def test_bfloat16_on_cpu_finds_the_same_top_instance(predictor: Predictor, data: dict[str, Path]) -> None:
+    half = Predictor(CONFIG, data["weights"], device="cpu", dtype="bfloat16", overrides=TINY)
+    path = sorted(data["images"].glob("*.png"))[0]
+    a, b = predictor(path), half(path)
+    assert b.masks.shape == a.masks.shape and b.scores.dtype == torch.float32
+    assert abs(float(a.scores[0]) - float(b.scores[0])) < 0.05
+
+
 def test_predictor_rejects_a_wrong_array_and_a_checkpoint_that_does_not_fit(predictor: Predictor,
                                                                               data: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match=r"\(H, W, 3\).*float32"):

@@ -22,10 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="checkpoint (ours or the official layout), or an .onnx export of the config")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score", type=float, default=0.5, help="score threshold of drawn instances (default 0.5)")
-    p.add_argument("--backend", help="eager, compile, onnxruntime (default: onnxruntime for .onnx, else eager)")
+    p.add_argument("--backend", help="eager, compile, cudagraph, onnxruntime, openvino (fastinst.deploy; "
+                                     "default: onnxruntime for an .onnx file, else eager)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="inference precision (default float32)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout (torch backends)")
     p.add_argument("--batch", type=int, default=1, help="images (or video frames) per model call (default 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable (with a config YAML)")
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         paths = collect_inputs(args.inputs)
         predictor = Predictor(args.model, args.weights, backend=args.backend, device=args.device, dtype=args.dtype,
-                              batch_size=args.batch, overrides=args.overrides)
+                              batch_size=args.batch, channels_last=args.channels_last, overrides=args.overrides)
     except (ValueError, OSError) as exc:  # MediaError, CheckpointError, OnnxModelError, ConfigError
         print(f"fastinst predict: {exc}", file=sys.stderr)
         return 2

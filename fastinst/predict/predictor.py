@@ -18,6 +18,7 @@ import torch
 from fastinst.checkpoint import CheckpointError
 from fastinst.config import Config, load_config
 from fastinst.data.transforms import EvalTransform, resize_masks
+from fastinst.deploy.backends import build_backend
 from fastinst.predict.media import read_image
 from fastinst.predict.onnx_meta import check_onnx_matches, read_onnx_metadata
 
@@ -46,33 +47,6 @@ class Prediction:
 def default_categories(num_classes: int) -> list[dict[str, Any]]:
     """Categories of a model without dataset metadata: id = class index, name ``class N``."""
     return [{"id": k, "name": f"class {k}"} for k in range(num_classes)]
-
-
-def _eager_backend(name: str, cfg: Config, weights: str | Path | None, *, device: str | None = None,
-                   dtype: str = "float32", channels_last: bool = False, onnx_path: str | Path | None = None):  # noqa: ANN202
-    """The model in eval mode (``name`` "eager" only), called like a deploy backend; it also reads the
-    checkpoint's categories. Stands in for ``fastinst.deploy.backends.build_backend`` until that lands."""
-    from fastinst import build_model
-    from fastinst.checkpoint import load_weights
-
-    if name != "eager" or onnx_path is not None or channels_last or dtype != "float32":
-        raise ValueError(f"backend {name!r} (dtype {dtype}, channels_last {channels_last}) is not available "
-                         "yet; use --backend eager --dtype float32")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_model(cfg)
-    categories = load_weights(model, weights).categories if weights is not None else None
-    model.to(dev).eval()
-
-    @torch.inference_mode()
-    def run(images: list[torch.Tensor], output_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
-        outputs = model([im.to(dev) for im in images], output_sizes=output_sizes)
-        return [{k: v.cpu() for k, v in out.items()} for out in outputs]
-
-    run.name, run.device, run.dtype, run.categories = name, str(dev), dtype, categories  # type: ignore[attr-defined]
-    return run
-
-
-build_backend = _eager_backend
 
 
 class Predictor:
@@ -106,8 +80,6 @@ class Predictor:
                 check_onnx_matches(onnx_path, meta.config, cfg)
                 exported_categories = meta.categories
         backend = backend or ("onnxruntime" if onnx_path is not None else "eager")
-        if backend == "onnxruntime" and onnx_path is None:
-            raise ValueError(f"backend onnxruntime runs an exported .onnx file; got weights {weights}")
         self.cfg = cfg
         self.batch_size = batch_size
         self.backend = build_backend(backend, cfg, weights, device=device, dtype=dtype,
