@@ -39,6 +39,7 @@ class Backend:
     dtype: str
     channels_last: bool = False
     categories: list[dict[str, Any]] | None = None
+    cpu_outputs: bool = True
 
     def __call__(self, images: list[Tensor], output_sizes: list[tuple[int, int]]) -> list[Result]:
         raise NotImplementedError
@@ -67,8 +68,8 @@ def load_model(cfg: Config, weights: str | Path | None, device: torch.device,
     return model, categories
 
 
-def _to_cpu(result: Result) -> Result:
-    return {k: result[k].cpu() for k in ("scores", "labels", "masks")}
+def _outputs(result: Result, cpu: bool) -> Result:
+    return {k: result[k].cpu() if cpu else result[k] for k in ("scores", "labels", "masks")}
 
 
 class TorchBackend(Backend):
@@ -86,14 +87,14 @@ class TorchBackend(Backend):
         with torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=self.dtype != "float32"):
             if self.run is None:
                 results = self.model([im.to(self.device) for im in images], output_sizes=output_sizes)
-                return [_to_cpu(r) for r in results]
+                return [_outputs(r, self.cpu_outputs) for r in results]
             out = []
             for image, size in zip(images, output_sizes):
                 x = image.to(self.device)[None]
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 scores, labels, masks = self.run(x, (int(size[0]), int(size[1])))
-                out.append(_to_cpu({"scores": scores, "labels": labels, "masks": masks}))
+                out.append(_outputs({"scores": scores, "labels": labels, "masks": masks}, self.cpu_outputs))
             return out
 
 
@@ -145,8 +146,11 @@ BACKENDS: dict[str, Callable[..., Backend]] = {
 
 def build_backend(name: str, cfg: Config, weights: str | Path | None, *, device: str | torch.device | None = None,
                   dtype: str = "float32", channels_last: bool = False,
-                  onnx_path: str | Path | None = None) -> Backend:
+                  onnx_path: str | Path | None = None, cpu_outputs: bool = True) -> Backend:
     """The backend ``name`` (one of :data:`BACKENDS`) for ``cfg`` with ``weights``.
+
+    ``cpu_outputs=False`` leaves the torch backends' results on their device (the speed protocol
+    times the model up to its outputs, not the copy back); the ONNX backends always return CPU tensors.
 
     ONNX backends run ``onnx_path`` (checked to be a fastinst export of ``cfg``'s model), or, without
     it, export ``cfg`` with ``weights`` to a temporary file first. Raises ValueError for an unknown
@@ -159,4 +163,6 @@ def build_backend(name: str, cfg: Config, weights: str | Path | None, *, device:
     dev = _pick_device(device)
     if dtype == "float16" and dev.type == "cpu" and name in ("eager", "compile"):
         raise ValueError("float16 is not offered on the CPU (no fast float16 kernels there); use bfloat16")
-    return BACKENDS[name](cfg, weights, dev, dtype, channels_last, onnx_path)
+    backend = BACKENDS[name](cfg, weights, dev, dtype, channels_last, onnx_path)
+    backend.cpu_outputs = cpu_outputs
+    return backend

@@ -1,0 +1,185 @@
+"""Backends side by side: speed on the same images in one process, and each one's deviation from eager float32.
+
+Timing alternates: each round calls every backend once per image, in turn, so load that comes and
+goes on a shared machine hits all of them alike; a backend's figure is the median over rounds of
+its per-pass time. With a ``baseline`` callable (e.g. torchvision's ResNet-50 classifier) each
+backend's pass is preceded by one baseline pass and its ratio is the median of the per-round
+quotients.
+
+Parity is measured as sets, since top-k order may swap between near-tied instances: ``score_dev``
+is the largest difference of the sorted score lists, ``label_agree`` the fraction of instances
+whose (label, best-IoU partner) pair matches, ``mask_iou_mean``/``mask_iou_min`` the IoU of each
+reference instance's mask with the same-label instance that overlaps it most.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fastinst.deploy.backends import Backend, Result
+
+Sample = tuple[Tensor, tuple[int, int]]
+
+
+@dataclass
+class Variant:
+    """One backend configuration: ``backend`` name, ``dtype``, ``channels_last``."""
+
+    backend: str
+    dtype: str = "float32"
+    channels_last: bool = False
+
+    @property
+    def label(self) -> str:
+        return " ".join([self.backend, self.dtype] + (["channels-last"] if self.channels_last else []))
+
+
+@dataclass
+class Row:
+    """A variant's results: seconds per pass per round, ratios to the baseline, parity, or why it did not run."""
+
+    variant: Variant
+    pass_seconds: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    parity: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def summary(self, num_images: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"backend": self.variant.backend, "dtype": self.variant.dtype,
+                               "channels_last": self.variant.channels_last, "error": self.error}
+        if self.pass_seconds:
+            med = statistics.median(self.pass_seconds)
+            out.update(ms_per_image=1000 * med / num_images, fps=num_images / med,
+                       ms_min=1000 * min(self.pass_seconds) / num_images,
+                       ms_max=1000 * max(self.pass_seconds) / num_images)
+        if self.ratios:
+            out.update(ratio=statistics.median(self.ratios), ratio_min=min(self.ratios), ratio_max=max(self.ratios))
+        return {**out, **self.parity}
+
+
+def default_variants(device: torch.device) -> list[Variant]:
+    """Every backend/dtype this device can run (eager float32 first: the parity reference)."""
+    variants = [Variant("eager"), Variant("eager", channels_last=True), Variant("compile"),
+                Variant("onnxruntime")]
+    if _importable("openvino"):
+        variants.append(Variant("openvino"))
+    if device.type == "cuda":
+        variants += [Variant("eager", "float16"), Variant("eager", "bfloat16"), Variant("cudagraph"),
+                     Variant("cudagraph", "float16")]
+    elif cpu_has_bf16():
+        variants.append(Variant("eager", "bfloat16", channels_last=True))
+        if _importable("openvino"):
+            variants.append(Variant("openvino", "bfloat16"))
+    return variants
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX), per /proc/cpuinfo."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def mask_iou(a: Tensor, b: Tensor) -> Tensor:
+    """``a (N, H, W)``, ``b (M, H, W)`` bool → ``(N, M)`` IoU (empty ∪ empty counts as 1)."""
+    fa, fb = a.flatten(1).float(), b.flatten(1).float()
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+
+
+def parity(reference: list[Result], results: list[Result]) -> dict[str, float]:
+    """Deviation of ``results`` from ``reference`` over all images (see the module docstring)."""
+    dev, agree, ious, total = 0.0, 0, [], 0
+    for ref, out in zip(reference, results):
+        if len(ref["scores"]) and len(out["scores"]):
+            n = min(len(ref["scores"]), len(out["scores"]))
+            dev = max(dev, (ref["scores"].sort(descending=True).values[:n]
+                            - out["scores"].sort(descending=True).values[:n]).abs().max().item())
+        iou = mask_iou(ref["masks"], out["masks"])
+        same = ref["labels"][:, None] == out["labels"][None, :]
+        best = torch.where(same, iou, torch.full_like(iou, -1.0)).max(1).values if iou.numel() else torch.zeros(0)
+        agree += int((best >= 0).sum())
+        ious.append(best.clamp(min=0))
+        total += len(ref["scores"])
+    ious_all = torch.cat(ious) if ious else torch.zeros(0)
+    return {"score_dev": dev, "label_agree": agree / max(total, 1),
+            "mask_iou_mean": ious_all.mean().item() if ious_all.numel() else 1.0,
+            "mask_iou_min": ious_all.min().item() if ious_all.numel() else 1.0}
+
+
+def run_pass(model: Callable[..., Any], samples: list[Sample]) -> tuple[float, list[Any]]:
+    """Seconds for one call per sample (synchronised on CUDA), and the outputs."""
+    outputs = []
+    _sync()
+    start = time.perf_counter()
+    for image, size in samples:
+        outputs.append(model([image], output_sizes=[size]))
+    _sync()
+    return time.perf_counter() - start, outputs
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def compare(build: Callable[[Variant], Backend], variants: list[Variant], samples: list[Sample],
+            rounds: int = 3, warmup: int = 1, baseline: Callable[[], None] | None = None,
+            log: Callable[[str], None] | None = None) -> list[Row]:
+    """Build every variant (one that fails to build or run gets ``error``), warm each up, then time
+    ``rounds`` alternating rounds; parity against the first variant's outputs (eager float32)."""
+    rows, built = [], []
+    reference: list[Result] | None = None
+    for variant in variants:
+        row = Row(variant)
+        rows.append(row)
+        try:
+            backend = build(variant)
+            for _ in range(warmup):
+                _, outs = run_pass(backend, samples)
+        except (ValueError, RuntimeError, ImportError, OSError) as exc:
+            row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+            if log:
+                log(f"{variant.label}: not run ({row.error})")
+            continue
+        results = [o[0] for o in outs]
+        reference = reference if reference is not None else results
+        row.parity = parity(reference, results)
+        built.append((row, backend))
+        if log:
+            log(f"{variant.label}: built and warmed up")
+    with torch.inference_mode():
+        for r in range(rounds):
+            for row, backend in built:
+                base = _timed(baseline) if baseline is not None else None
+                seconds, _ = run_pass(backend, samples)
+                row.pass_seconds.append(seconds)
+                if base is not None:
+                    row.ratios.append(seconds / base)
+            if log:
+                log(f"round {r + 1}/{rounds} done")
+    return rows
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    _sync()
+    start = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - start

@@ -1,0 +1,100 @@
+"""CPU speed of every backend as a ratio to torchvision's ResNet-50 classifier, with parity to eager float32.
+
+FastInst-D3 R50 (official head weights from the shared reference data on a seed-0 backbone; random
+init without them) on synthetic 640x853 images, batch 1; torchvision ResNet-50 on a 640x864 input,
+called once before every FastInst pass in the same process (see ``fastinst.deploy.compare``).
+Prints one table (ratio = FastInst time / ResNet-50 time, median over rounds, [min-max]) and,
+with ``--json``, the rows as JSON. Usage::
+
+    python scripts/bench_backends.py --threads 2 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fastinst import load_config  # noqa: E402
+from fastinst.data.synthetic import render  # noqa: E402
+from fastinst.deploy.backends import build_backend  # noqa: E402
+from fastinst.deploy.compare import Variant, compare, default_variants  # noqa: E402
+from fastinst.deploy.reference import REFERENCE_NAME, reference_checkpoint  # noqa: E402
+from fastinst.deploy.report import format_table  # noqa: E402
+
+
+def synthetic_images(count: int, height: int, width: int) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """``count`` synthetic scenes (the project's shape renderer), ``(3, height, width)`` float 0..255."""
+    images = []
+    for i in range(count):
+        pixels, _ = render(np.random.default_rng(i), max(height, width), 80)
+        image = torch.from_numpy(np.ascontiguousarray(pixels[:height, :width])).permute(2, 0, 1).float()
+        images.append((image, (height, width)))
+    return images
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--images", type=int, default=1)
+    p.add_argument("--size", type=int, nargs=2, default=[640, 853], metavar=("H", "W"))
+    p.add_argument("--reference", type=Path, default=REPO.parent / "shared" / "reference" / REFERENCE_NAME)
+    p.add_argument("--only", nargs="*", help="variant labels to run, e.g. 'eager float32' 'openvino bfloat16'")
+    p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="fastinst_bench_"))
+    cfg = load_config(None, [])
+    weights = reference_checkpoint(args.reference, tmp / "weights.pt") if args.reference.is_file() else None
+    print(f"weights: {'reference head + seed-0 backbone' if weights else 'random init (no reference file)'}; "
+          f"threads {args.threads}; torch {torch.__version__}", flush=True)
+    samples = synthetic_images(args.images, *args.size)
+    resnet = torchvision.models.resnet50().eval()
+    resnet_input = torch.rand(1, 3, 640, 864)
+
+    def baseline() -> None:
+        with torch.inference_mode():
+            resnet(resnet_input)
+
+    onnx_file = tmp / "model.onnx"
+
+    def build(variant: Variant):
+        if variant.backend in ("onnxruntime", "openvino") and not onnx_file.exists():
+            from fastinst.deploy.onnx_export import export_onnx
+
+            start = time.perf_counter()
+            export_onnx(cfg, weights, onnx_file)
+            print(f"exported ONNX in {time.perf_counter() - start:.0f} s", flush=True)
+        onnx_path = onnx_file if variant.backend in ("onnxruntime", "openvino") else None
+        return build_backend(variant.backend, cfg, weights, device="cpu", dtype=variant.dtype,
+                             channels_last=variant.channels_last, onnx_path=onnx_path)
+
+    variants = default_variants(torch.device("cpu"))
+    if args.only:
+        variants = [v for v in variants if v.label in args.only or v.backend == "eager" and v.dtype == "float32"
+                    and not v.channels_last]
+    start = time.perf_counter()
+    rows = compare(build, variants, samples, rounds=args.rounds, warmup=1, baseline=baseline,
+                   log=lambda line: print(f"[{time.perf_counter() - start:5.0f} s] {line}", flush=True))
+    summaries = [row.summary(len(samples)) for row in rows]
+    print(format_table(summaries, ratio=True))
+    if args.json:
+        args.json.write_text(json.dumps({"threads": args.threads, "size": args.size, "rounds": args.rounds,
+                                         "torch": torch.__version__, "torchvision": torchvision.__version__,
+                                         "rows": summaries}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
