@@ -9,8 +9,11 @@ tasks whose run was cancelled, and requeues runs on shutdown. Every node needs t
 environment and access to the database (use PostgreSQL for several machines) and, for logs, to
 the runs directory.
 
-The database URL reaches a task only through its environment (``FASTINST_DB``, set in the task's
-``runtime_env``), never as a task argument, so a password never shows in Ray's task records.
+The database URL reaches a task only through its node's environment, never as a task argument or
+in a ``runtime_env`` (Ray logs those), so a password never shows in Ray's task records or logs:
+``--ray local`` exports ``FASTINST_DB`` before starting Ray, whose workers inherit it; on a cluster,
+start every node's Ray with ``FASTINST_DB`` exported. A task checks that its ``FASTINST_DB`` names
+the executor's database (compared with the password masked) and fails with a clear error if not.
 Measurements are not run as Ray tasks (Ray cannot keep a node to one task): a ``runner work``
 worker or ``runner measure`` on the measuring machine takes them. A job records its node as the
 run's host when it starts, so measurements there wait for it.
@@ -28,19 +31,24 @@ from pathlib import Path
 from typing import Any
 
 from runner import queue
-from runner.db import Database
+from runner.db import Database, safe_url
 from runner.executor import Executor, Handle, job_command, job_env, log_path_for
 from runner.job import DEFAULT_RUNS_DIR
 
 log = logging.getLogger("runner.ray")
 
 
-def ray_job(claim: queue.Claim, runs_dir: str) -> int:
+def ray_job(claim: queue.Claim, runs_dir: str, database: str) -> int:
     """The body of a Ray task: run the job as a child process, logging to its run directory.
-    The database URL comes from this task's environment (``FASTINST_DB``)."""
-    url = os.environ.get("FASTINST_DB")
+    The database URL comes from this node's environment (``FASTINST_DB``); ``database`` is the
+    executor's URL with the password masked, to check that both name one database."""
+    url = os.environ.get("FASTINST_DB", "")
+    node = socket.gethostname()
     if not url:
-        raise RuntimeError(f"FASTINST_DB is not set in the Ray task's environment on {socket.gethostname()}")
+        raise RuntimeError(f"FASTINST_DB is not set on Ray node {node}: start its Ray with FASTINST_DB exported")
+    if safe_url(url) != database:
+        raise RuntimeError(f"FASTINST_DB on Ray node {node} is {safe_url(url)}, but the executor's database "
+                           f"is {database}")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "") if claim.gpus > 0 else ""
     log_path = log_path_for(runs_dir, claim)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +81,8 @@ class RayExecutor(Executor):
 
         self.ray = ray
         if not ray.is_initialized():
+            if self.address == "local":  # the local Ray's worker processes inherit it
+                os.environ["FASTINST_DB"] = self.db.url_string
             ray.init(address=None if self.address == "local" else self.address)
         resources = ray.cluster_resources()
         self.cluster_gpus = int(resources.get("GPU", 0))
@@ -101,9 +111,8 @@ class RayExecutor(Executor):
 
     def _start(self, claim: queue.Claim) -> None:
         num_gpus = claim.gpus if self.cluster_gpus else 0
-        options = {"num_gpus": num_gpus, "num_cpus": 1,
-                   "runtime_env": {"env_vars": {"FASTINST_DB": self.db.url_string}}}
-        ref = self.remote.options(**options).remote(claim, str(self.runs_dir))
+        ref = self.remote.options(num_gpus=num_gpus, num_cpus=1).remote(claim, str(self.runs_dir),
+                                                                         self.db.display_url)
         self.jobs[claim.key] = Task(claim, ref=ref)
         log.info("%s (%s): submitted as a Ray task (num_gpus=%d)", claim.describe(), claim.grid, num_gpus)
 

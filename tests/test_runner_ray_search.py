@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from runner_helpers import open_db, start_worker, url_for, write_grid
+from runner_helpers import open_db, postgres_url, start_worker, url_for, write_grid
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
-from fastinst.grid import GridError, load_grid
+from fastinst.grid import GridError
 from runner import queue
-from runner.db import SUCCEEDED, Database, Run
+from runner.db import SUCCEEDED, Database, Run, init_db
+from runner.stages import load_grid
 
 
 @pytest.fixture
@@ -24,19 +30,31 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def local_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    ray = pytest.importorskip("ray")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+def ray_temp() -> Iterator[Path]:
     temp = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must stay under ~107 characters
-    ray.init(num_cpus=2, num_gpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    yield Path(temp)
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_executor_runs_a_grid_with_logical_gpus(db: Database, tmp_path: Path, local_ray: object) -> None:
+@pytest.fixture
+def local_ray(monkeypatch: pytest.MonkeyPatch, ray_temp: Path) -> Iterator[Callable[[str], None]]:
+    """Starts a local Ray (2 CPUs, 2 logical GPUs) whose node has ``FASTINST_DB`` set, as a cluster's nodes must."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+
+    def _start(url: str) -> None:
+        monkeypatch.setenv("FASTINST_DB", url)
+        ray.init(num_cpus=2, num_gpus=2, _temp_dir=str(ray_temp), include_dashboard=False, log_to_driver=False)
+
+    yield _start
+    ray.shutdown()
+
+
+def test_ray_executor_runs_a_grid_with_logical_gpus(db: Database, tmp_path: Path,
+                                                   local_ray: Callable[[str], None]) -> None:
     from runner.ray_executor import RayExecutor
 
+    local_ray(db.url_string)
     grid = load_grid(write_grid(tmp_path / "g.yaml", name="rayg", seeds=2, gpus=1, noop={"metrics": {"AP": 3.0}},
                                 extra="axes:\n  model.decoder.num_layers: [1, 2]\n"))
     assert len(queue.submit(db, grid).queued) == 4
@@ -50,6 +68,76 @@ def test_ray_executor_runs_a_grid_with_logical_gpus(db: Database, tmp_path: Path
     visible = {(tmp_path / "runs" / "rayg" / str(r.id) / "job.log").read_text().split("CUDA_VISIBLE_DEVICES=")[1][:3]
                for r in runs}
     assert visible <= {"'0'", "'1'"} and visible
+
+
+class RecordingExecutor:
+    """Wraps a RayExecutor's remote function to keep every task's arguments."""
+
+    def __init__(self, remote: Any, calls: list[tuple[Any, ...]]) -> None:
+        self._remote, self._calls = remote, calls
+
+    def options(self, **kw: Any) -> Any:
+        inner = self._remote.options(**kw)
+        calls = self._calls
+
+        class _Bound:
+            def remote(self, *args: Any) -> Any:
+                calls.append(args)
+                return inner.remote(*args)
+
+        return _Bound()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from postgres_url()
+
+
+def test_ray_tasks_never_see_the_database_password(tmp_path: Path, pg_url: str, local_ray: Callable[[str], None],
+                                                   ray_temp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The URL reaches tasks through their environment: no password in task arguments, job logs,
+    the executor's log or Ray's session files (PostgreSQL with trust auth accepts any password)."""
+    from runner.ray_executor import RayExecutor
+
+    secret = "Pw-" + uuid.uuid4().hex
+    url = make_url(pg_url).set(password=secret).render_as_string(hide_password=False)
+    db = init_db(url)
+    local_ray(url)
+    grid = load_grid(write_grid(tmp_path / "g.yaml", name="secret", seeds=2, gpus=1, noop={"metrics": {"AP": 1.0}}))
+    queue.submit(db, grid)
+    calls: list[tuple[Any, ...]] = []
+    executor = RayExecutor(db, runs_dir=tmp_path / "runs", poll=0.2, heartbeat=0.5, stale_after=5,
+                           exit_when_empty=True)
+    setup = executor._setup
+
+    def _recording_setup() -> None:
+        setup()
+        executor.remote = RecordingExecutor(executor.remote, calls)
+
+    executor._setup = _recording_setup  # type: ignore[method-assign]
+    with caplog.at_level(logging.DEBUG):
+        assert executor.run() == 0
+    assert db.read(lambda s: [r.status for r in s.scalars(select(Run))]) == [SUCCEEDED, SUCCEEDED]
+    assert len(calls) == 2 and all(secret not in repr(args) and secret.encode() not in pickle.dumps(args)
+                                   for args in calls)
+    assert secret not in caplog.text
+    leaks = [p for root in (ray_temp, tmp_path / "runs") for p in root.rglob("*")
+             if p.is_file() and not p.is_socket() and secret.encode() in p.read_bytes()]
+    assert not leaks, leaks
+    db.dispose()
+
+
+def test_ray_task_refuses_another_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node whose FASTINST_DB names another database (or none) fails its task with a clear error."""
+    from runner.ray_executor import ray_job
+
+    claim = queue.Claim(1, "token", "g", 0, 1)
+    monkeypatch.setenv("FASTINST_DB", f"sqlite:///{tmp_path / 'other.db'}")
+    with pytest.raises(RuntimeError, match=r"FASTINST_DB on Ray node .* is sqlite:///.*other.db, but the executor"):
+        ray_job(claim, str(tmp_path), f"sqlite:///{tmp_path / 'mine.db'}")
+    monkeypatch.delenv("FASTINST_DB")
+    with pytest.raises(RuntimeError, match="FASTINST_DB is not set on Ray node"):
+        ray_job(claim, str(tmp_path), f"sqlite:///{tmp_path / 'mine.db'}")
 
 
 def test_search_queues_trials_as_runs_and_tells_optuna(db: Database, tmp_path: Path) -> None:
