@@ -20,6 +20,7 @@ COMMANDS = [
     "fastinst.commands.make_synthetic",
     "fastinst.commands.train",
     "fastinst.commands.bench",
+    "fastinst.commands.export",
     "fastinst.commands.predict",
 ]
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from fastinst.config import Config
 from fastinst.data.spec import DatasetError
 
 
@@ -22,8 +23,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-images", help="val image folder (with --val-json)")
     p.add_argument("--images", type=int, default=100, help="time the first N val images (default 100)")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up images (default 5)")
+    p.add_argument("--repeats", type=int, default=1, help="timed passes over the images (median FPS; default 1)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--backend", default="eager",
+                   help="eager (default) | compile | cudagraph (CUDA) | onnxruntime | openvino; the ONNX ones "
+                        "export CONFIG first unless --onnx")
+    p.add_argument("--channels-last", action="store_true", help="NHWC conv weights and activations (torch backends)")
+    p.add_argument("--onnx", help="exported ONNX file for --backend onnxruntime/openvino (from fastinst export)")
+    p.add_argument("--compare", action="store_true",
+                   help="every available backend/dtype side by side on the same images (alternating passes, "
+                        "--repeats rounds), with each one's deviation from eager float32")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.set_defaults(func=run)
 
@@ -35,13 +45,47 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     try:
+        if args.compare:
+            return _compare(cfg, args)
         result = bench(cfg, args.weights, data_spec(args), images=args.images, device=args.device,
-                       dtype=args.dtype, warmup=args.warmup)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
+                       dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, backend=args.backend,
+                       channels_last=args.channels_last, onnx_path=args.onnx)
+    except (DatasetError, OSError, ValueError, ImportError) as exc:  # also CheckpointError, OnnxModelError
         print(f"fastinst bench: {exc}", file=sys.stderr)
         return 2
-    print(f"{result['fps']:.2f} FPS  (mean {result['mean_ms']:.1f} ms, median {result['median_ms']:.1f} ms, "
+    print(f"{result['backend']}: {result['fps']:.2f} FPS  (mean {result['mean_ms']:.1f} ms, median {result['median_ms']:.1f} ms, "
           f"{result['num_images']} images, {result['device']}, {result['dtype']}, {result['threads']} threads)")
     if args.json:
         print(json.dumps(result))
+    return 0
+
+
+def _compare(cfg: Config, args: argparse.Namespace) -> int:
+    """``--compare``: one table of every available backend variant on the first ``--images`` val images."""
+    import torch
+
+    from fastinst.commands.evaluate import data_spec
+    from fastinst.deploy.backends import build_backend, pick_device
+    from fastinst.deploy.compare import Variant, compare, default_variants
+    from fastinst.deploy.report import format_table
+    from fastinst.engine.bench import device_name, load_images
+
+    device = pick_device(args.device)
+    samples = load_images(cfg, data_spec(args), args.images)
+    if not samples:
+        raise ValueError("bench needs at least one val image")
+
+    def build(variant: Variant):
+        onnx = args.onnx if variant.backend in ("onnxruntime", "openvino") else None
+        return build_backend(variant.backend, cfg, args.weights, device=device, dtype=variant.dtype,
+                             channels_last=variant.channels_last, onnx_path=onnx)
+
+    rows = compare(build, default_variants(device), samples, rounds=args.repeats, warmup=max(1, args.warmup),
+                   log=lambda line: print(line, file=sys.stderr, flush=True))
+    summaries = [row.summary(len(samples)) for row in rows]
+    print(f"{len(samples)} images, {args.repeats} alternating rounds, {device_name(device)}, "
+          f"{torch.get_num_threads()} threads; deviations against eager float32")
+    print(format_table(summaries))
+    if args.json:
+        print(json.dumps(summaries))
     return 0

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 
 from fastinst.config import Config
+from fastinst.engine.bench import DTYPES
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 Result = dict[str, Tensor]
 
 
@@ -49,7 +49,8 @@ class Backend:
         return " ".join([self.name, self.dtype] + (["channels-last"] if self.channels_last else []))
 
 
-def _pick_device(device: str | torch.device | None) -> torch.device:
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """``device``, or CUDA when available, else the CPU."""
     return torch.device(device) if device is not None else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -160,7 +161,7 @@ def build_backend(name: str, cfg: Config, weights: str | Path | None, *, device:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    dev = _pick_device(device)
+    dev = pick_device(device)
     if dtype == "float16" and dev.type == "cpu" and name in ("eager", "compile"):
         raise ValueError("float16 is not offered on the CPU (no fast float16 kernels there); use bfloat16")
     backend = BACKENDS[name](cfg, weights, dev, dtype, channels_last, onnx_path)

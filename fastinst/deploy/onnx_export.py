@@ -78,3 +78,17 @@ def export_onnx(cfg: Config, weights: str | Path | None, out: str | Path, opset:
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(out))
     return out
+
+
+def verify_export(cfg: Config, weights: str | Path | None, path: str | Path, seed: int = 0) -> dict[str, Any]:
+    """Run ``path`` through ONNX Runtime and the eager model on one seeded random image of test size;
+    the :func:`fastinst.deploy.compare.parity` deviation plus the ``size`` used."""
+    from fastinst.deploy.backends import build_backend
+    from fastinst.deploy.compare import parity
+
+    lo = min_side(cfg)
+    size = (max(lo, cfg.input.min_size_test), max(lo, min(cfg.input.max_size_test, cfg.input.min_size_test * 4 // 3)))
+    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(seed)) * 255
+    eager = build_backend("eager", cfg, weights, device="cpu")
+    runtime = build_backend("onnxruntime", cfg, weights, device="cpu", onnx_path=path)
+    return {**parity(eager([image], [size]), runtime([image], [size])), "size": size}

@@ -7,7 +7,9 @@ original-size masks. The first ``warmup`` images are run once untimed first. One
 image once and gives FPS = images / total time (the paper's protocol); ``repeats`` such passes give
 the reported FPS as their median and the spread as their min and max; latency percentiles are over
 every timed call of every repeat. Half precisions run under autocast (weights stay float32), as in
-mixed-precision training.
+mixed-precision training. The model runs through a ``fastinst.deploy`` backend (``eager`` by
+default: the model's own forward; ``compile``, ``cudagraph``, ``onnxruntime``, ``openvino``), each
+called the same way; torch backends leave their outputs on the device, as before.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import platform
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchvision
 
-from fastinst.checkpoint import load_weights
 from fastinst.config import Config
 from fastinst.data.coco import CocoInstanceDataset
 from fastinst.data.spec import DataSpec
@@ -56,7 +58,7 @@ def load_images(cfg: Config, data: DataSpec, count: int) -> list[tuple[torch.Ten
 
 
 @torch.inference_mode()
-def time_model(model: torch.nn.Module, images: list[tuple[torch.Tensor, tuple[int, int]]], device: torch.device,
+def time_model(model: Callable[..., Any], images: list[tuple[torch.Tensor, tuple[int, int]]], device: torch.device,
                dtype: torch.dtype, warmup: int) -> list[float]:
     """Seconds per call of ``model`` on each image (after ``warmup`` untimed calls)."""
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -89,10 +91,12 @@ def speed_summary(repeat_times: list[list[float]]) -> dict[str, Any]:
 
 def bench(cfg: Config, weights: str | Path | None, data: DataSpec, images: int = 100,
           device: str | torch.device | None = None, dtype: str = "float32", warmup: int = 5,
-          repeats: int = 1) -> dict[str, Any]:
+          repeats: int = 1, backend: str = "eager", channels_last: bool = False,
+          onnx_path: str | Path | None = None) -> dict[str, Any]:
     """FPS and latency of ``cfg`` (with ``weights``; ``None``: as initialised, the speed is the same)
-    over the first ``images`` val images of ``data``, ``repeats`` times (see the module docstring)."""
-    from fastinst import build_model
+    over the first ``images`` val images of ``data``, ``repeats`` times (see the module docstring),
+    run by the ``fastinst.deploy`` backend ``backend`` (``onnx_path``: its ONNX file)."""
+    from fastinst.deploy.backends import build_backend
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -103,13 +107,12 @@ def bench(cfg: Config, weights: str | Path | None, data: DataSpec, images: int =
     samples = load_images(cfg, data, images)
     if not samples:
         raise ValueError("bench needs at least one val image")
-    model = build_model(cfg)
-    if weights is not None:
-        load_weights(model, weights)
-    model.to(dev).eval()
+    model = build_backend(backend, cfg, weights, device=dev, dtype=dtype, channels_last=channels_last,
+                          onnx_path=onnx_path, cpu_outputs=False)
     repeat_times = [time_model(model, samples, dev, DTYPES[dtype], warmup if r == 0 else 0) for r in range(repeats)]
     return {**speed_summary(repeat_times), "num_images": len(samples), "warmup": warmup, "repeats": repeats,
-            "device": device_name(dev), "device_type": dev.type, "dtype": dtype,
+            "device": device_name(dev), "device_type": dev.type, "dtype": dtype, "backend": backend,
+            "channels_last": channels_last,
             "threads": torch.get_num_threads(), "host": socket.gethostname(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "test_size": [cfg.input.min_size_test, cfg.input.max_size_test],
             "weights": None if weights is None else str(weights)}
