@@ -17,9 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     f"images ({' '.join(IMAGE_EXTS)}), videos ({' '.join(VIDEO_EXTS)}), folders of them, or "
                     "glob patterns. Writes <out>/<stem>.png overlays, <out>/<stem>.mp4 for videos, and "
                     "<out>/images.json + <out>/results.json (COCO format). Exit code 1 when some files failed.")
-    p.add_argument("model", help="config YAML, or an exported .onnx file (config and categories from its metadata)")
+    p.add_argument("model", metavar="MODEL", help="config YAML, or an exported .onnx file (config and categories from its metadata)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image, video, folder or glob pattern")
-    p.add_argument("--weights", help="checkpoint (ours or the official layout), or an .onnx export of the config")
+    p.add_argument("--weights", help="checkpoint (ours or the official layout), or an .onnx export of the config "
+                                      "(without: the random initialisation, for smoke tests)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score", type=float, default=0.5, help="score threshold of drawn instances (default 0.5)")
     p.add_argument("--backend", help="eager, compile, cudagraph, onnxruntime, openvino (fastinst.deploy; "
