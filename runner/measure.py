@@ -35,7 +35,7 @@ from fastinst.config import config_from_dict
 from fastinst.data import DatasetError
 from fastinst.grid import reference_speed
 from runner import queue
-from runner.db import SUCCEEDED, Database, GridRecord, MeasureJob, Run, host_name, utcnow
+from runner.db import SUCCEEDED, Artifact, Database, GridRecord, MeasureJob, Run, host_name, utcnow
 from runner.errors import RunnerInputError
 from runner.job import DEFAULT_RUNS_DIR, child_main, run_dir_for, speed_row
 from runner.stages import STAGES, BenchOptions, JobContext
@@ -182,15 +182,14 @@ def check_device(device: str) -> str:
     return f"cuda:{int(index or 0)}"
 
 
-def _plan(run: Run, data: dict[str, Any] | None) -> Plan:
+def _plan(run: Run, checkpoint: str | None, data: dict[str, Any] | None) -> Plan:
     """How to measure ``run``: the newest checkpoint it recorded, else the weights its grid gave its
     bench/eval stage, else (a run that never trained) the config alone."""
     stage_options = run.stage_options or {}
     options = STAGES["bench"].parse_options(stage_options.get("bench", {}))
     plan = Plan(run.id, f"run {run.id} ({run.row_name}, seed {run.seed})", options, data=data or run.data)
-    checkpoints = sorted((a for a in run.artifacts if a.kind == "checkpoint"), key=lambda a: a.id)
-    if checkpoints:
-        plan.weights = checkpoints[-1].path
+    if checkpoint:
+        plan.weights = checkpoint
     elif options.weights or stage_options.get("eval", {}).get("weights"):
         plan.weights = options.weights or stage_options["eval"]["weights"]
     elif "train" in run.stages.split(","):
@@ -209,8 +208,11 @@ def _plans(s: Session, grid: str, data: dict[str, Any] | None) -> tuple[GridReco
     if record is None:
         known = list(s.scalars(select(GridRecord.name).order_by(GridRecord.name)))
         raise RunnerInputError(f"no grid named {grid!r} in this database (grids: {', '.join(known) or 'none'})")
-    runs = s.scalars(select(Run).where(Run.grid_id == record.id, Run.status == SUCCEEDED).order_by(Run.id))
-    return record, [_plan(run, data) for run in runs]
+    runs = list(s.scalars(select(Run).where(Run.grid_id == record.id, Run.status == SUCCEEDED).order_by(Run.id)))
+    newest = {a.run_id: a.path for a in s.scalars(  # the newest checkpoint each run recorded
+        select(Artifact).where(Artifact.run_id.in_([r.id for r in runs]), Artifact.kind == "checkpoint")
+        .order_by(Artifact.id))}
+    return record, [_plan(run, newest.get(run.id), data) for run in runs]
 
 
 @contextmanager
