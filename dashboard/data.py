@@ -72,6 +72,7 @@ class GridInfo:
     rows: list[str]
     keys: list[str]  # the config keys its rows override (axes and explicit rows' keys), in first-seen order
     speed: SpeedSetting  # its reference speed setting
+    categorical: list[str]  # those of ``keys`` with a text value in some row (query init, backbone, ...)
 
 
 def grids(db: Database) -> list[GridInfo]:
@@ -80,7 +81,8 @@ def grids(db: Database) -> list[GridInfo]:
     def _query(s: Session) -> list[GridInfo]:
         records = s.scalars(select(GridRecord).order_by(GridRecord.name))
         return [GridInfo(r.name, list(r.axes), list(r.seeds), r.stages, r.reference, [row.name for row in r.rows],
-                         list(dict.fromkeys(k for row in r.rows for k in row.overrides)), reference_speed(r))
+                         list(dict.fromkeys(k for row in r.rows for k in row.overrides)), reference_speed(r),
+                         list(dict.fromkeys(k for row in r.rows for k, v in row.overrides.items() if isinstance(v, str))))
                 for r in records]
 
     return db.read(_query)

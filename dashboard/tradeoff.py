@@ -78,8 +78,8 @@ def _is_number(value: Any) -> bool:
 
 
 def assign_lines(rows: list[dict[str, Any]], keys: list[str]) -> list[tuple[str | None, str | None, float]]:
-    """For rows (each a mapping of ``keys`` → value) of one curve and grid: per row its line id (None: a
-    lone point), the line's axis and the row's position along it (module docstring)."""
+    """For rows (each a mapping of ``keys`` → value) of one curve and grid: per row its line id, the line's
+    axis and the row's position along it; ``(None, None, nan)`` for a lone point (module docstring)."""
     best: tuple[tuple[bool, int], str, dict[tuple[Any, ...], list[int]]] | None = None
     for axis in keys:
         others = [k for k in keys if k != axis]
@@ -91,7 +91,7 @@ def assign_lines(rows: list[dict[str, Any]], keys: list[str]) -> list[tuple[str 
         score = (numeric, sum(len(idx) for idx in lines.values()))
         if lines and (best is None or score > best[0]):
             best = (score, axis, lines)
-    out: list[tuple[str | None, str | None, float]] = [(None, None, float(i)) for i in range(len(rows))]
+    out: list[tuple[str | None, str | None, float]] = [(None, None, math.nan)] * len(rows)
     if best is None:
         return out
     _score, axis, lines = best

@@ -11,8 +11,8 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.paper import PaperError, load_reported
-from dashboard.speed_select import speed_selector
 from dashboard.tables import filter_table, sort_table
+from dashboard.widgets import speed_selector
 from runner.db import Database
 from runner.export import format_table, key_columns
 from runner.results import METRICS, TABLE_METRICS, grid_table, setting_text

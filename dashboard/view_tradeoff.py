@@ -12,8 +12,8 @@ import streamlit as st
 from dashboard import data
 from dashboard.figures import LEGEND_NOTE, figure_bytes, tradeoff_chart, tradeoff_figure
 from dashboard.paper import PaperError, load_reported, tables_for_grids
-from dashboard.speed_select import speed_selector
 from dashboard.tradeoff import X_AXES, Y_METRICS, TradeoffSpec, paper_points, tradeoff_points, unmeasured_rows
+from dashboard.widgets import follow_default, speed_selector
 from runner.db import Database
 from runner.results import seed_results, setting_text
 
@@ -23,12 +23,16 @@ def render(db: Database, paper_path: Path) -> None:
     grids = data.grids(db)
     names = [g.name for g in grids]
     chosen = st.multiselect("Grids", names, default=names, key="tradeoff_grids")
-    axes = list(dict.fromkeys(axis for g in grids if g.name in chosen for axis in g.axes))
+    axes = list(dict.fromkeys(key for g in grids if g.name in chosen for key in g.keys))  # axes and rows' keys
     c1, c2, c3, c4 = st.columns(4)
     y = c1.selectbox("Accuracy", Y_METRICS, key="tradeoff_y")
     x = c2.radio("Against", list(X_AXES), horizontal=True, key="tradeoff_x")
-    curve_by = c3.selectbox("One curve per", ["grid", *axes], index=0 if len(chosen) > 1 or len(axes) < 2 else 1,
-                            key="tradeoff_curve")
+    # One grid over several keys: a curve per value of its first text key (query init, backbone), lines
+    # along the others; otherwise a curve per grid.
+    categorical = [k for g in grids if g.name in chosen for k in g.categorical]
+    default = categorical[0] if len(chosen) == 1 and len(axes) > 1 and categorical else "grid"
+    follow_default("tradeoff_curve", default, ["grid", *axes], tuple(chosen))
+    curve_by = c3.selectbox("One curve per", ["grid", *axes], key="tradeoff_curve")
     label_by = c4.selectbox("Label points by", ["axes", "row", *axes], key="tradeoff_label",
                             format_func=lambda v: "the grid's axis values" if v == "axes" else v)
     references = [g.speed for g in grids if g.name in chosen] or [g.speed for g in grids]
