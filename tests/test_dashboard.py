@@ -17,6 +17,7 @@ import pytest
 import yaml
 from dashboard_demo import SPREAD, V100, fill_known
 from runner_helpers import DB_KINDS, open_db, url_for
+from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from dashboard import data
@@ -25,7 +26,7 @@ from dashboard.paper import PaperError, load_reported
 from dashboard.tables import filter_table, sort_table
 from dashboard.tradeoff import TradeoffSpec, assign_lines, paper_points, pareto_mask, tradeoff_points
 from fastinst.grid import SpeedSetting, flatten, parse_grid
-from runner.db import Database, init_db
+from runner.db import Database, Run, init_db
 from runner.results import seed_results, speed_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -303,3 +304,48 @@ def test_app_empty_states(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     init_db(f"sqlite:///{missing}").dispose()
     at = _app(monkeypatch)
     assert "has no runs yet" in at.info[0].value
+
+
+def _paper_like(db: Database, path: Path, fps: dict[str, float]) -> None:
+    """Queue a grid file's rows as noop runs (one seed) and finish them: AP and CPU FPS by row name."""
+    from dashboard_demo import runs_of, speed, succeed
+
+    from runner import queue
+    from runner.stages import parse_grid as runner_grid
+
+    spec = yaml.safe_load(path.read_text())
+    spec = {k: v for k, v in spec.items() if k not in ("data", "stage_options")} | {
+        "stages": ["noop"], "seeds": [0], "resources": {"gpus": 0}}
+    grid = runner_grid(spec, source=str(path), root=path.parent)
+    queue.submit(db, grid)
+    names = {row.hash: row.name for row in grid.rows}
+    hashes = db.read(lambda s: {r.id: r.variant_hash for r in s.scalars(select(Run))})
+    for run_id, _overrides, _seed in runs_of(db, grid.name):
+        name = names[hashes[run_id]]
+        succeed(db, run_id, ap=fps[name] / 100 + 0.2, gflops=10.0, speeds=(speed(run_id, fps[name], "cpu"),))
+
+
+def test_app_tradeoff_lines_on_explicit_row_grids(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'lines.db'}"
+    db = init_db(url)
+    _paper_like(db, REPO / "experiments" / "demo.yaml", {"D0": 12.0, "D1": 10.0, "D3": 7.0, "D1-learnable": 10.5})
+    _paper_like(db, REPO / "experiments" / "paper" / "table2.yaml",
+                {f"{q}-D{d}": 10.0 - d + i * 0.1 for i, q in enumerate(("zero", "learnable", "resize", "ia_guided"))
+                 for d in (1, 3)})
+    db.dispose()
+    at = _app(monkeypatch, "--db", url, "--paper", str(tmp_path / "none.csv"))
+    at.multiselect(key="tradeoff_grids").set_value(["demo"]).run()
+    assert at.selectbox(key="tradeoff_curve").value == "model.query_init"  # a curve per query init
+    points = _frame(at, "pareto").set_index("label")
+    on_line = points[points["line"].notna()]
+    assert on_line.sort_values("order").index.tolist() == ["D0", "D1", "D3"] and on_line["line"].nunique() == 1
+    assert pd.isna(points.loc["D1-learnable", "line"])  # differs in the query init too: a point
+    at.selectbox(key="tradeoff_curve").set_value("grid").run()  # one colour: still no line through D1-learnable
+    points = _frame(at, "pareto").set_index("label")
+    assert pd.isna(points.loc["D1-learnable", "line"]) and points["line"].nunique() == 1
+
+    at.multiselect(key="tradeoff_grids").set_value(["table2"]).run()
+    points = _frame(at, "pareto")
+    assert sorted(points["curve"].unique()) == ["ia_guided", "learnable", "resize", "zero"]
+    assert (points["line_axis"] == "model.decoder.num_layers").all()
+    assert points.groupby("curve")["line"].nunique().tolist() == [1, 1, 1, 1]
