@@ -69,18 +69,17 @@ class GridInfo:
     seeds: list[int]
     stages: str
     reference: str | None
-    rows: list[str]
     keys: list[str]  # the config keys its rows override (axes and explicit rows' keys), in first-seen order
     speed: SpeedSetting  # its reference speed setting
     categorical: list[str]  # those of ``keys`` with a text value in some row (query init, backbone, ...)
 
 
 def grids(db: Database) -> list[GridInfo]:
-    """Every grid, by name, with its axes, row names (in grid order) and reference speed setting."""
+    """Every grid, by name, with its axes, overridden keys and reference speed setting."""
 
     def _query(s: Session) -> list[GridInfo]:
         records = s.scalars(select(GridRecord).order_by(GridRecord.name))
-        return [GridInfo(r.name, list(r.axes), list(r.seeds), r.stages, r.reference, [row.name for row in r.rows],
+        return [GridInfo(r.name, list(r.axes), list(r.seeds), r.stages, r.reference,
                          list(dict.fromkeys(k for row in r.rows for k in row.overrides)), reference_speed(r),
                          list(dict.fromkeys(k for row in r.rows for k, v in row.overrides.items() if isinstance(v, str))))
                 for r in records]
@@ -121,9 +120,6 @@ def _text(value: Any) -> str:
 @dataclass
 class RunDetail:
     run_id: int
-    grid: str
-    row: str
-    seed: int
     status: str
     attempts: int
     max_attempts: int
@@ -133,7 +129,6 @@ class RunDetail:
     overrides: dict[str, Any]
     config: dict[str, Any]
     config_hash: str
-    created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
@@ -158,8 +153,8 @@ def run_detail(db: Database, run_id: int) -> RunDetail | None:
         artifacts = [(a.kind, a.path) for a in s.scalars(select(Artifact).where(Artifact.run_id == run_id)
                                                           .order_by(Artifact.id))]
         return RunDetail(
-            run.id, run.grid.name, run.row_name, run.seed, run.status, run.attempts, run.max_attempts, run.worker,
-            run.device, run.stages, dict(run.overrides), dict(run.config), run.config_hash, run.created_at,
+            run.id, run.status, run.attempts, run.max_attempts, run.worker,
+            run.device, run.stages, dict(run.overrides), dict(run.config), run.config_hash,
             run.started_at, run.finished_at, run.error, run.git_commit, dict(run.packages or {}), run.run_dir,
             dict(run.grid.spec), run.grid.path, metrics, artifacts,
         )
