@@ -40,7 +40,6 @@ from runner.errors import RunnerInputError
 from runner.job import DEFAULT_RUNS_DIR, child_main, run_dir_for, speed_row
 from runner.stages import STAGES, BenchOptions, JobContext
 
-DTYPES = ("float32", "float16", "bfloat16")
 HEARTBEAT_S = 5.0  # how often ``runner measure`` heartbeats its job while waiting and measuring
 STALE_S = 120.0  # ``runner measure`` first requeues jobs whose worker stopped this long ago
 
@@ -87,13 +86,12 @@ def run_bench_stage(ctx: JobContext) -> dict[str, Any]:
     if target is None:
         raise RuntimeError("the bench stage is exclusive: it runs as a measurement job (runner.measure), "
                            "not inside a run's job")
-    backend = {} if target.backend == "eager" else {"backend": target.backend}
     before = _host_jobs(target)
     result = bench(ctx.cfg, target.weights, ctx.data_spec(), images=target.images, device=target.device,
-                   dtype=target.dtype, warmup=target.warmup, repeats=target.repeats, **backend)
+                   dtype=target.dtype, warmup=target.warmup, repeats=target.repeats, backend=target.backend)
     after = _host_jobs(target)
     seen = {(j["kind"], j["id"]): j for j in [*before, *after]}
-    result.update(backend=target.backend, concurrent=list(seen.values()))
+    result["concurrent"] = list(seen.values())
 
     def _store(s: Session) -> int:
         job = queue.owned(s, queue.MEASURE, target.job_id, target.token)
@@ -258,8 +256,13 @@ def measure_grid(db: Database, grid: str, *, device: str | None = None, dtype: s
     (run ids); a run that cannot be measured (no checkpoint, no data, unreadable file) is skipped with
     its reason, and nothing stored is changed except the new rows and their jobs.
     """
+    from fastinst.deploy.backends import BACKENDS
+    from fastinst.engine.bench import DTYPES
+
     if dtype is not None and dtype not in DTYPES:
         raise RunnerInputError(f"--dtype {dtype!r}: choose from {list(DTYPES)}")
+    if backend is not None and backend not in BACKENDS:
+        raise RunnerInputError(f"--backend {backend!r}: choose from {list(BACKENDS)}")
     if repeats < 1:
         raise RunnerInputError(f"--repeats {repeats}: must be >= 1")
     data_spec = {"root": str(Path(data).resolve())} if data else None

@@ -97,6 +97,42 @@ def test_measurement_claims_are_host_exclusive(db: Database, tmp_path: Path) -> 
     assert [c["status"] for c in queue.measurement_counts(db)] == [QUEUED]
 
 
+def test_host_exclusivity_holds_under_contention(db: Database, tmp_path: Path) -> None:
+    """Four claimers on one host race compute and measurement claims: either one measurement runs there
+    and nothing else, or only runs do (each check-and-claim is atomic per host)."""
+    queue.submit(db, load_grid(write_grid(tmp_path / "g.yaml", seeds=12)))
+    settings = {"device_type": "cpu", "dtype": "float32", "backend": "eager", "images": 1, "warmup": 0,
+                "repeats": 1, "weights": None}
+    for run_id in range(1, 5):
+        db.write(lambda s, i=run_id: queue.add_measurement(s, s.get(Run, i), settings, source="stage"))
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def _claimer(i: int) -> None:
+        d = Database(db.url_string)
+        try:
+            barrier.wait()
+            while True:
+                got = [queue.claim_measurement(d, f"w{i}", device_type="cpu", host="h") if i % 2 else None,
+                       queue.claim(d, f"w{i}", max_gpus=1, device="cpu", host="h")]
+                if not any(got):
+                    break
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            d.dispose()
+
+    threads = [threading.Thread(target=_claimer, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    jobs = db.read(lambda s: queue.host_jobs(s, "h"))
+    measuring = [j for j in jobs if j["kind"] == "measure"]
+    assert (len(measuring), len(jobs)) in ((1, 1), (0, 12)), jobs
+
+
 def test_a_waiting_runner_measure_drains_its_host(db: Database, tmp_path: Path, data: Path) -> None:
     """While ``runner measure`` waits for a run on its host, no new run starts there; it measures once
     the run is done, and its row records that nothing else ran."""
@@ -206,6 +242,8 @@ def test_runner_measure_bad_input(finished_grid: Database, tmp_path: Path, data:
     assert "--device cuda:7: no such device here" in capsys.readouterr().err
     assert cli.main([*base, "t", "--dtype", "float8"]) == 2
     assert "--dtype 'float8': choose from" in capsys.readouterr().err
+    assert cli.main([*base, "t", "--backend", "tensorrt"]) == 2
+    assert "--backend 'tensorrt': choose from ['eager'" in capsys.readouterr().err
     # Run 1 "trained" but its checkpoint is gone; run 2 trained and recorded none: both skipped, with why.
     db.write(lambda s: s.add(Artifact(run_id=1, kind="checkpoint", path=str(tmp_path / "gone.pth"))))
     db.write(lambda s: s.execute(update(Run).where(Run.id == 2).values(stages="train,eval")))
