@@ -143,6 +143,7 @@ def test_table_run_and_queue_views(page: sync_api.Page, server: str) -> None:
     page.locator(CHART).first.wait_for(timeout=60_000)
     page.locator("[data-testid='stImage'] img").first.wait_for(timeout=30_000)
     assert page.get_by_role("combobox", name="Run").input_value().startswith("#3 · table6a_layers")
+    page.get_by_role("heading", name="Speed").wait_for(timeout=30_000)  # every speed row of the run
     _shot(page, "run")
     page.set_viewport_size({"width": 1400, "height": 1000})
 
