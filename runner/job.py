@@ -254,8 +254,6 @@ def _record_environment(s: Any, run_id: int, token: str, run_dir: str) -> None:
 def _store(s: Any, run_id: int, token: str, ctx: JobContext, timings: dict[str, float], run_dir: Path,
            deferred: list[str]) -> None:
     """The run's results and ``succeeded``, plus a queued measurement job per ``deferred`` stage."""
-    from runner.measure import stage_settings
-
     run = queue.owned_run(s, run_id, token)
     old = s.get(Metrics, run_id)
     if old is not None:
@@ -266,8 +264,12 @@ def _store(s: Any, run_id: int, token: str, ctx: JobContext, timings: dict[str, 
         s.add(row)
     for kind, path in [*ctx.artifacts, ("log", str(run_dir / "job.log")), ("config", str(run_dir / "config.yaml"))]:
         s.add(Artifact(run_id=run_id, kind=kind, path=path))
-    for stage in deferred:
-        queue.add_measurement(s, run, stage_settings(run, ctx.options_for(stage), ctx.weights(stage)), source="stage")
+    if deferred:
+        from runner.measure import stage_settings  # loads torch: only where a measurement follows
+
+        for stage in deferred:
+            queue.add_measurement(s, run, stage_settings(run, ctx.options_for(stage), ctx.weights(stage)),
+                                  source="stage")
     run.device = visible_devices()
     run.status, run.finished_at, run.claim_token = SUCCEEDED, utcnow(), None
 

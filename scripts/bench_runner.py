@@ -21,9 +21,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from fastinst.grid import parse_grid
 from runner import queue
 from runner.db import Metrics, Run, init_db
+from runner.stages import parse_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
