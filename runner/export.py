@@ -71,14 +71,14 @@ def _cell(table_row: dict, metric: str) -> str:
 
 
 def format_table(table: pd.DataFrame, fmt: str) -> str:
-    """``csv`` (numbers: means, stds, FPS spread columns) or ``md``/``latex`` (paper-style cells; the FPS
+    """``csv`` (numbers to 6 significant digits: means, stds, FPS spread columns) or ``md``/``latex`` (paper-style cells; the FPS
     header names the speed setting, the table's ``speed_setting`` column)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
     keys = key_columns(table)
     if fmt == "csv":
         columns = [*keys, "seeds", *(c for m in TABLE_METRICS for c in (m, f"{m}_std")), *CSV_SPEED]
-        return table.reindex(columns=columns).to_csv(index=False)
+        return table.reindex(columns=columns).to_csv(index=False, float_format="%.6g")
     label = ", ".join(dict.fromkeys(table["speed_setting"])) if len(table) else "–"
     headers = [*keys, *(METRICS[m].title for m in TABLE_METRICS[:-1]), f"FPS ({label})"]
     body = [[str(rec[k]) for k in keys] + [_cell(rec, m) for m in TABLE_METRICS] for rec in table.to_dict("records")]
