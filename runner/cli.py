@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 from fastinst.config import ConfigError
 from fastinst.data import DatasetError
-from fastinst.grid import GridError
+from fastinst.grid import SPEED_DEVICES, SPEED_DTYPES, GridError
 from runner import queue
 from runner.db import REPO_ROOT, Database, init_db, resolve_url
 from runner.errors import RunnerInputError
@@ -86,9 +86,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from runner.export import format_table, grid_table
+    from runner.export import export_grid
 
-    text = format_table(grid_table(_db(args), args.grid), args.format)
+    text = export_grid(_db(args), args.grid, args.format, device=args.device, dtype=args.dtype, backend=args.backend)
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid")
     p.add_argument("--format", choices=["csv", "md", "latex"], default="md")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.add_argument("--device", choices=SPEED_DEVICES, help="FPS measured on this device type "
+                                                          "(default: the grid's speed setting)")
+    p.add_argument("--dtype", choices=SPEED_DTYPES, help="FPS measured in this dtype (default: the grid's)")
+    p.add_argument("--backend", help="FPS measured with this backend (default: the grid's, else eager)")
 
     p = add("measure", cmd_measure, "(re)measure the FPS of every succeeded run of a grid here, one after "
                                     "another, alone on this host; adds one speed row per run")

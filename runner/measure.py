@@ -33,11 +33,11 @@ from sqlalchemy.orm import Session
 from fastinst.checkpoint import CheckpointError
 from fastinst.config import config_from_dict
 from fastinst.data import DatasetError
-from fastinst.grid import reference_speed
 from runner import queue
 from runner.db import SUCCEEDED, Artifact, Database, GridRecord, MeasureJob, Run, host_name, utcnow
 from runner.errors import RunnerInputError
 from runner.job import DEFAULT_RUNS_DIR, child_main, run_dir_for, speed_row
+from runner.results import reference_speed
 from runner.stages import STAGES, BenchOptions, JobContext
 
 HEARTBEAT_S = 5.0  # how often ``runner measure`` heartbeats its job while waiting and measuring
@@ -65,7 +65,7 @@ class MeasureTarget:
 def stage_settings(run: Run, opts: BenchOptions, weights: str | None) -> dict[str, Any]:
     """A run's ``bench`` stage as a measurement job's settings: the grid's reference speed setting
     (device type, dtype, backend) and the stage's options."""
-    setting = reference_speed(run.grid.spec)
+    setting = reference_speed(run.grid)
     return {"device_type": setting.device, "dtype": setting.dtype, "backend": setting.backend,
             "images": opts.images, "warmup": opts.warmup, "repeats": opts.repeats, "weights": weights}
 
@@ -267,7 +267,7 @@ def measure_grid(db: Database, grid: str, *, device: str | None = None, dtype: s
         raise RunnerInputError(f"--repeats {repeats}: must be >= 1")
     data_spec = {"root": str(Path(data).resolve())} if data else None
     record, plans = db.read(lambda s: _plans(s, grid, data_spec))
-    setting = reference_speed(record.spec)
+    setting = reference_speed(record)
     torch_device = check_device(device or setting.device)
     dtype, backend = dtype or setting.dtype, backend or setting.backend
     host, owner = host_name(), f"measure:{host_name()}:{os.getpid()}"

@@ -12,7 +12,9 @@ A search spec is a grid file (base, stages, data, seeds, resources, … but no a
 
 Each trial becomes a row ``trial-<number>`` of the grid named after the spec, queued in the same
 queue and database (workers run it like any other run); its objective values are the means over
-the spec's seeds. The Optuna study lives in the same database URL (``optuna-dashboard URL``).
+the spec's seeds; FPS is each run's newest speed row in the spec's ``speed`` setting, so a trial
+whose runs have a bench stage is done only once their measurement jobs are. The Optuna study
+lives in the same database URL (``optuna-dashboard URL``).
 """
 
 from __future__ import annotations
@@ -24,16 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from fastinst.config import ConfigError, all_keys, config_from_dict
-from fastinst.grid import Grid, GridError, Row, flatten, line_of, parse_grid, read_grid_yaml, variant_hash
+from fastinst.grid import Grid, GridError, Row, SpeedSetting, flatten, line_of, read_grid_yaml, variant_hash
 from runner import queue
-from runner.db import CANCELLED, FAILED, SUCCEEDED, Database, Metrics, Run
+from runner.db import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Database, MeasureJob, Metrics, Run
+from runner.results import newest_speed
+from runner.stages import parse_grid
 
 log = logging.getLogger("runner.search")
 
-# objective → (metrics column, direction)
+# objective → (metrics column, or "fps": the speed table; direction)
 OBJECTIVES = {"AP": ("AP", "maximize"), "AP50": ("AP50", "maximize"), "FPS": ("fps", "maximize"),
               "GFLOPs": ("gflops", "minimize"), "params": ("params", "minimize")}
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
@@ -130,24 +134,30 @@ def trial_grid(spec: SearchSpec, number: int, params: dict[str, Any]) -> Grid:
     return replace(spec.grid, axes=list(spec.space), rows=[row])
 
 
-def _trial_values(db: Database, run_ids: list[int], objectives: list[str]) -> tuple[str, list[float] | str]:
-    """("running", []) while any run is unfinished; ("done", values) or ("failed", reason)."""
+def _trial_values(db: Database, run_ids: list[int], objectives: list[str],
+                  setting: SpeedSetting) -> tuple[str, list[float] | str]:
+    """("running", []) while any run or its measurement is unfinished; ("done", values) or ("failed", reason)."""
 
-    def _query(s: Any) -> list[tuple[Run, Metrics | None]]:
-        return [tuple(r) for r in s.execute(select(Run, Metrics).outerjoin(Metrics, Metrics.run_id == Run.id)
-                                            .where(Run.id.in_(run_ids)))]
+    def _query(s: Any) -> tuple[list[tuple[Run, Metrics | None]], int, dict[int, Any]]:
+        rows = [(run, m) for run, m in s.execute(select(Run, Metrics).outerjoin(Metrics, Metrics.run_id == Run.id)
+                                                 .where(Run.id.in_(run_ids)))]
+        measuring = s.scalar(select(func.count()).select_from(MeasureJob).where(
+            MeasureJob.run_id.in_(run_ids), MeasureJob.status.in_((QUEUED, RUNNING))))
+        return rows, measuring, newest_speed(s, run_ids, setting)
 
-    rows = db.read(_query)
+    rows, measuring, speed = db.read(_query)
     if any(run.status in (FAILED, CANCELLED) for run, _m in rows):
         bad = next(run for run, _m in rows if run.status in (FAILED, CANCELLED))
         lines = (bad.error or "").strip().splitlines()
         return "failed", f"run {bad.id} {bad.status}: {lines[-1] if lines else 'no error text'}"
-    if not all(run.status == SUCCEEDED for run, _m in rows):
+    if measuring or not all(run.status == SUCCEEDED for run, _m in rows):
         return "running", []
     values = []
     for objective in objectives:
         column = OBJECTIVES[objective][0]
-        per_seed = [getattr(m, column) for _run, m in rows if m is not None and getattr(m, column) is not None]
+        found = [speed[run.id].fps if run.id in speed else None for run, _m in rows] if column == "fps" else \
+            [getattr(m, column) if m is not None else None for _run, m in rows]
+        per_seed = [v for v in found if v is not None]
         if len(per_seed) != len(rows):
             return "failed", f"objective {objective} ({column}) was not measured; check the spec's stages"
         values.append(sum(per_seed) / len(per_seed))
@@ -182,7 +192,7 @@ def run_search(db: Database, spec: SearchSpec, *, trials: int, parallel: int = 1
             in_flight[trial.number] = (trial, run_ids)
             log.info("trial %d: %s → runs %s", trial.number, params, run_ids)
         for number, (trial, run_ids) in list(in_flight.items()):
-            state, values = _trial_values(db, run_ids, spec.objectives)
+            state, values = _trial_values(db, run_ids, spec.objectives, spec.grid.speed)
             if state == "running":
                 continue
             del in_flight[number]

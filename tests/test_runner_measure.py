@@ -230,6 +230,11 @@ def test_runner_measure_adds_one_row_per_run_and_keeps_the_rest(finished_grid: D
     # Re-measuring adds rows, never overwrites.
     assert cli.main(args) == 0
     assert speed_rows(db)[:4] == after and len(speed_rows(db)) == 6
+    # The table's FPS is the mean over seeds of each run's newest row on the asked setting.
+    capsys.readouterr()
+    assert cli.main(["--db", db.url_string, "export", "t", "--format", "csv", "--device", "cpu"]) == 0
+    newest = [r[3] for r in speed_rows(db)[4:]]
+    assert f"{sum(newest) / 2:.1f}" in capsys.readouterr().out
 
 
 def test_runner_measure_bad_input(finished_grid: Database, tmp_path: Path, data: Path,

@@ -54,4 +54,7 @@ def test_schema_0001_fps_moves_to_the_speed_table(db_url: str) -> None:
             for r in rows] == [(1, 12.5, 12.5, 12.5, "cpu", "float32", 1, "schema-0001")]
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT \"AP\" FROM metrics WHERE run_id = 1")).scalar() == 0.5
+        # 0003: old runs have no host yet; the measurement queue starts empty.
+        assert conn.execute(text("SELECT host FROM runs ORDER BY id")).scalars().all() == [None, None]
+        assert conn.execute(text("SELECT count(*) FROM measure_jobs")).scalar() == 0
     db.dispose()
