@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from runner.db import (
     Run,
     SpeedMeasurement,
     host_name,
+    init_db,
 )
 from runner.errors import RunnerInputError
 from runner.job import run_job
@@ -198,6 +202,49 @@ def test_worker_measures_only_when_alone_on_its_host(db: Database, tmp_path: Pat
     assert row.extra["exclusive_host"] == busy.host and row.packages["torch"]
     log = (tmp_path / "runs" / "b" / str(bench.id) / f"measure-{job.id}.log").read_text()
     assert "=== attempt 1" in log and "Traceback" not in log
+
+
+def children_of(pid: int) -> list[int]:
+    """The ids of ``pid``'s child processes (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the measurement's process in /proc")
+def test_killed_measurement_is_requeued_and_counted(tmp_path: Path, data: Path) -> None:
+    """A measurement process killed mid-way: its job is requeued with the attempt counted and the log tail
+    kept, and the worker takes it again; a worker shutting down requeues it without counting."""
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    db = init_db(url)
+    grid = tiny_grid(tmp_path / "b.yaml", "b", data, ["bench"], options={"bench": {"images": 2, "repeats": 5000}})
+    queue.submit(db, load_grid(grid))
+    worker = start_worker(url, tmp_path, "w")
+    try:
+        wait_for(lambda: db.read(lambda s: s.scalars(select(MeasureJob.status)).first()) == RUNNING, 60,
+                 "the measurement to start")
+        wait_for(lambda: bool(children_of(worker.pid)), 30, "the measurement process")
+        time.sleep(1.0)
+        os.kill(children_of(worker.pid)[0], signal.SIGKILL)
+        wait_for(lambda: db.read(lambda s: s.scalars(select(MeasureJob)).one().attempts) == 2, 60,
+                 "the measurement to be claimed again")
+        job = db.read(lambda s: s.scalars(select(MeasureJob)).one())
+        assert job.status == RUNNING and "attempt 1: job killed by signal SIGKILL" in job.error
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    job = db.read(lambda s: s.scalars(select(MeasureJob)).one())
+    assert job.status == QUEUED and job.attempts == 1 and "worker w shut down; requeued" in job.error
+    assert db.read(lambda s: s.scalars(select(SpeedMeasurement)).all()) == []
+    db.dispose()
 
 
 # --------------------------------------------------------------------------- runner measure
