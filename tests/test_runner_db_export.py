@@ -166,3 +166,9 @@ def test_export_picks_the_device_and_dtype_asked(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="unknown format 'xls'"):
         export_grid(db, "layers", "xls")
     db.dispose()
+    out = subprocess.run(runner_cmd(f"sqlite:///{tmp_path / 'r.db'}", "export", "layers", "--format", "csv",
+                                    "--device", "cuda", "--dtype", "float16"),
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    cli = pd.read_csv(io.StringIO(out.stdout))
+    assert cli["fps"].tolist()[0] == 400.0 and cli["speed_setting"].tolist() == ["cuda/float16"] * 2
