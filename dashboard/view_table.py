@@ -53,6 +53,8 @@ def render(db: Database, paper_path: Path) -> None:
     missing = int((shown["seeds"] > 0).sum() - (shown["fps_runs"] > 0).sum())
     st.caption(f"{len(shown)} of {len(full)} rows · AP in percent · mean ± std over the succeeded seeds · FPS on "
                f"{setting_text(setting)}, batch 1: mean of the runs' medians [lowest–highest timed repeat]"
+               + (f" · measured on {'; '.join(dict.fromkeys(shown['fps_device'].dropna()))}"
+                  if shown["fps_device"].notna().any() else "")
                + (f" · {missing} row(s) with results have no measurement on {setting_text(setting)}" if missing else ""))
     st.markdown(format_table(shown, "md"))
 

@@ -255,6 +255,7 @@ def test_app_table_values_filters_and_exports(monkeypatch: pytest.MonkeyPatch, k
         51.0, 49.5, 52.5, 6, V100]
     assert list(_frame(at, "row_name")["row"]) == ["D1", "D3"]
 
+    assert any(f"measured on {V100}" in c.value for c in at.caption)
     at.selectbox(key="table_speed").set_value(CPU).run()  # the same runs' CPU rows
     assert [row[-1] for row in _table_cells(at)] == ["FPS (cpu/float32)", "5.1 [4.5–5.7]", "3.0 [2.5–3.5]",
                                                      "3.5 [3.0–4.1]"]
