@@ -184,14 +184,33 @@ def test_onnx_files_of_another_model_are_named(data: dict[str, Path], tmp_path: 
     foreign = save(tmp_path / "foreign.onnx", {})
     with pytest.raises(OnnxModelError, match=rf"^{foreign}: not a fastinst export"):
         Predictor(foreign)
-    other = save(tmp_path / "other.onnx", {"fastinst_config": load_config(CONFIG, [*TINY, "model.hidden_dim=96",
-                                                                                   "model.decoder.num_heads=4"]).to_yaml()})
+    other_config = load_config(CONFIG, [*TINY, "model.hidden_dim=96", "model.decoder.num_heads=4"])
+    other = save(tmp_path / "other.onnx", {"fastinst_config": other_config.to_yaml()})
     with pytest.raises(OnnxModelError, match=rf"^{other}: exported from another model.*model.hidden_dim=96"):
         Predictor(CONFIG, other, overrides=TINY)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00\x01garbage")
     with pytest.raises(OnnxModelError, match=rf"^{garbage}: not a readable ONNX model"):
         Predictor(garbage)
+
+
+@pytest.mark.slow  # the export takes ~40 s on 2 CPU cores
+def test_predict_runs_an_onnx_export_through_onnxruntime_like_eager(data: dict[str, Path], predictor: Predictor,
+                                                                   tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from fastinst.deploy.onnx_export import export_onnx
+
+    model = export_onnx(load_config(CONFIG, TINY), data["weights"], tmp_path / "model.onnx")
+    out = tmp_path / "out"
+    image = sorted(data["images"].glob("*.png"))[0]
+    assert cli.main(["predict", str(model), str(image), "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "images.json").read_text())["categories"] == CATEGORIES
+    results = json.loads((out / "results.json").read_text())
+    eager = predictor(image)
+    np.testing.assert_allclose([r["score"] for r in results], eager.scores.numpy(), atol=1e-4)
+    assert [r["category_id"] for r in results] == eager.category_ids
+    with pytest.raises(ValueError, match=rf"^{model}: an ONNX file runs with backend onnxruntime or openvino"):
+        Predictor(model, backend="eager")
 
 
 def test_draw_predictions_draws_only_instances_at_or_above_the_threshold() -> None:

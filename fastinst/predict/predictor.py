@@ -19,8 +19,9 @@ from fastinst.checkpoint import CheckpointError
 from fastinst.config import Config, load_config
 from fastinst.data.transforms import EvalTransform, resize_masks
 from fastinst.deploy.backends import build_backend
+from fastinst.deploy.runtimes import RUNTIMES
 from fastinst.predict.media import read_image
-from fastinst.predict.onnx_meta import check_onnx_matches, read_onnx_metadata
+from fastinst.predict.onnx_meta import read_onnx_metadata
 
 ImageInput = np.ndarray | torch.Tensor | str | Path
 
@@ -64,30 +65,25 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         onnx_path = None
-        exported_categories = None
         if isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".onnx":
             if weights is not None or overrides:
                 raise ValueError(f"{model}: an ONNX file carries its own config and weights; "
                                  "give no weights or overrides with it")
-            onnx_path = Path(model)
-            meta = read_onnx_metadata(onnx_path)
-            cfg, exported_categories = meta.config, meta.categories
+            onnx_path, cfg = Path(model), read_onnx_metadata(model).config
         else:
             cfg = model if isinstance(model, Config) else load_config(model, list(overrides))
             if weights is not None and Path(weights).suffix.lower() == ".onnx":
                 onnx_path, weights = Path(weights), None
-                meta = read_onnx_metadata(onnx_path)
-                check_onnx_matches(onnx_path, meta.config, cfg)
-                exported_categories = meta.categories
         backend = backend or ("onnxruntime" if onnx_path is not None else "eager")
+        if onnx_path is not None and backend not in RUNTIMES:
+            raise ValueError(f"{onnx_path}: an ONNX file runs with backend {' or '.join(RUNTIMES)}, not {backend!r}")
         self.cfg = cfg
         self.batch_size = batch_size
         self.backend = build_backend(backend, cfg, weights, device=device, dtype=dtype,
                                      channels_last=channels_last, onnx_path=onnx_path)
-        source = onnx_path or weights
-        categories = exported_categories or getattr(self.backend, "categories", None)
+        categories = self.backend.categories
         if categories is not None and len(categories) != cfg.model.num_classes:
-            raise CheckpointError(f"{source}: stores {len(categories)} categories but the config has "
+            raise CheckpointError(f"{onnx_path or weights}: stores {len(categories)} categories but the config has "
                                   f"model.num_classes={cfg.model.num_classes}")
         self.categories: list[dict[str, Any]] = categories or default_categories(cfg.model.num_classes)
         self.class_names = [str(c["name"]) for c in self.categories]
