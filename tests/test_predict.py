@@ -153,10 +153,13 @@ def test_unreadable_video_is_named_and_globs_still_run(data: dict[str, Path], tm
     (lambda d: d / "missing.png", "missing.png: no such file or folder"),
     (lambda d: str(d / "*.jpg"), "no images or videos found"),
 ])
-def test_bad_input_names_the_file_before_loading_anything(tmp_path: Path, make, message: str) -> None:  # noqa: ANN001
+def test_bad_input_names_the_file_before_loading_anything(tmp_path: Path, make, message: str,  # noqa: ANN001
+                                                          capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "a.gif").write_bytes(b"GIF89a")
     with pytest.raises(MediaError, match=message.replace(".", r"\.").replace("*", r"\*")):
         collect_inputs([str(make(tmp_path))])
+    assert _predict(str(make(tmp_path)), "--out", str(tmp_path / "out")) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_cli_reports_a_checkpoint_that_does_not_fit_in_one_line(data: dict[str, Path], tmp_path: Path,
