@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import signal
 import subprocess
@@ -281,7 +283,8 @@ def test_runner_measure_adds_one_row_per_run_and_keeps_the_rest(finished_grid: D
     capsys.readouterr()
     assert cli.main(["--db", db.url_string, "export", "t", "--format", "csv", "--device", "cpu"]) == 0
     newest = [r[3] for r in speed_rows(db)[4:]]
-    assert f"{sum(newest) / 2:.1f}" in capsys.readouterr().out
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(table) == 1 and float(table[0]["fps"]) == pytest.approx(sum(newest) / 2, rel=1e-4)
 
 
 def test_runner_measure_bad_input(finished_grid: Database, tmp_path: Path, data: Path,
