@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fastinst import load_config  # noqa: E402
-from fastinst.data.synthetic import render  # noqa: E402
+from fastinst.data.synthetic import SHAPES, render  # noqa: E402
 from fastinst.deploy.backends import build_backend  # noqa: E402
 from fastinst.deploy.compare import Variant, compare, default_variants  # noqa: E402
 from fastinst.deploy.reference import REFERENCE_NAME, reference_checkpoint  # noqa: E402
@@ -37,7 +37,7 @@ def synthetic_images(count: int, height: int, width: int) -> list[tuple[torch.Te
     """``count`` synthetic scenes (the project's shape renderer), ``(3, height, width)`` float 0..255."""
     images = []
     for i in range(count):
-        pixels, _ = render(np.random.default_rng(i), max(height, width), 80)
+        pixels, _ = render(np.random.default_rng(i), max(height, width), len(SHAPES))
         image = torch.from_numpy(np.ascontiguousarray(pixels[:height, :width])).permute(2, 0, 1).float()
         images.append((image, (height, width)))
     return images
@@ -51,6 +51,7 @@ def main() -> int:
     p.add_argument("--size", type=int, nargs=2, default=[640, 853], metavar=("H", "W"))
     p.add_argument("--reference", type=Path, default=REPO.parent / "shared" / "reference" / REFERENCE_NAME)
     p.add_argument("--only", nargs="*", help="variant labels to run, e.g. 'eager float32' 'openvino bfloat16'")
+    p.add_argument("--onnx", type=Path, help="reuse this export of the same weights (default: export afresh)")
     p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,7 +68,7 @@ def main() -> int:
         with torch.inference_mode():
             resnet(resnet_input)
 
-    onnx_file = tmp / "model.onnx"
+    onnx_file = args.onnx or tmp / "model.onnx"
 
     def build(variant: Variant):
         if variant.backend in ("onnxruntime", "openvino") and not onnx_file.exists():

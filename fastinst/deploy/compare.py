@@ -4,7 +4,7 @@ Timing alternates: each round calls every backend once per image, in turn, so lo
 goes on a shared machine hits all of them alike; a backend's figure is the median over rounds of
 its per-pass time. With a ``baseline`` callable (e.g. torchvision's ResNet-50 classifier) each
 backend's pass is preceded by one baseline pass and its ratio is the median of the per-round
-quotients.
+quotients; ``ratio_of_best`` divides the two fastest passes (the least disturbed by other load).
 
 Parity is measured as sets, since top-k order may swap between near-tied instances: ``score_dev``
 is the largest difference of the sorted score lists, ``label_agree`` the fraction of instances
@@ -48,6 +48,7 @@ class Row:
     variant: Variant
     pass_seconds: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
+    baseline_seconds: list[float] = field(default_factory=list)
     parity: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -60,12 +61,14 @@ class Row:
                        ms_min=1000 * min(self.pass_seconds) / num_images,
                        ms_max=1000 * max(self.pass_seconds) / num_images)
         if self.ratios:
-            out.update(ratio=statistics.median(self.ratios), ratio_min=min(self.ratios), ratio_max=max(self.ratios))
+            out.update(ratio=statistics.median(self.ratios), ratio_min=min(self.ratios), ratio_max=max(self.ratios),
+                       ratio_of_best=min(self.pass_seconds) / min(self.baseline_seconds))
         return {**out, **self.parity}
 
 
-def default_variants(device: torch.device) -> list[Variant]:
-    """Every backend/dtype this device can run (eager float32 first: the parity reference)."""
+def default_variants(device: torch.device, backends: list[str] | None = None) -> list[Variant]:
+    """Every backend/dtype this device can run (eager float32 first: the parity reference), or only
+    those of ``backends`` (plus eager float32)."""
     variants = [Variant("eager"), Variant("eager", channels_last=True), Variant("compile"),
                 Variant("onnxruntime")]
     if _importable("openvino"):
@@ -77,6 +80,13 @@ def default_variants(device: torch.device) -> list[Variant]:
         variants.append(Variant("eager", "bfloat16", channels_last=True))
         if _importable("openvino"):
             variants.append(Variant("openvino", "bfloat16"))
+    if backends is not None:
+        from fastinst.deploy.backends import BACKENDS
+
+        unknown = [b for b in backends if b not in BACKENDS]
+        if unknown:
+            raise ValueError(f"unknown backend {unknown[0]!r}; known: {', '.join(BACKENDS)}")
+        variants = variants[:1] + [v for v in variants[1:] if v.backend in backends]
     return variants
 
 
@@ -172,6 +182,7 @@ def compare(build: Callable[[Variant], Backend], variants: list[Variant], sample
                 row.pass_seconds.append(seconds)
                 if base is not None:
                     row.ratios.append(seconds / base)
+                    row.baseline_seconds.append(base)
             if log:
                 log(f"round {r + 1}/{rounds} done")
     return rows
