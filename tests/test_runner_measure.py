@@ -331,3 +331,23 @@ def test_cli_keeps_tracebacks_of_bugs(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(cli, "cmd_status", lambda _args: _raise(RunnerInputError("bad input")))
     assert cli.main(args) == 2
     assert capsys.readouterr().err == "runner status: bad input\n"
+
+
+@pytest.mark.gpu
+def test_runner_measure_on_cuda(finished_grid: Database, data: Path, capsys: pytest.CaptureFixture) -> None:
+    """The same grid measured on the GPU: one cuda row per run, the CPU rows kept."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    db = finished_grid
+    before = speed_rows(db)
+    args = ["--db", db.url_string, "measure", "t", "--device", "cuda:0", "--repeats", "3", "--images", "2",
+            "--data", str(data)]
+    assert cli.main(args) == 0
+    assert "measured 2, skipped 0" in capsys.readouterr().out
+    rows = speed_rows(db)
+    assert rows[:2] == before and [r[4] for r in rows[2:]] == ["cuda", "cuda"]
+    device = db.read(lambda s: s.scalars(select(SpeedMeasurement.device).where(SpeedMeasurement.source == "measure"))
+                     .all())
+    assert all(d == torch.cuda.get_device_name(0) for d in device)
