@@ -41,7 +41,7 @@ from runner.results import reference_speed
 from runner.stages import STAGES, BenchOptions, JobContext
 
 HEARTBEAT_S = 5.0  # how often ``runner measure`` heartbeats its job while waiting and measuring
-STALE_S = 120.0  # ``runner measure`` first requeues jobs whose worker stopped this long ago
+STALE_S = 120.0  # ``runner measure`` first fails other ``runner measure`` jobs that stopped heartbeating this long ago
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ def measure_grid(db: Database, grid: str, *, device: str | None = None, dtype: s
     torch_device = check_device(device or setting.device)
     dtype, backend = dtype or setting.dtype, backend or setting.backend
     host, owner = host_name(), f"measure:{host_name()}:{os.getpid()}"
-    queue.sweep_stale(db, STALE_S)
+    queue.sweep_stale(db, STALE_S, owned_only=True)  # a killed ``runner measure`` would block its host
     say(f"grid {grid!r}: {len(plans)} succeeded run(s) to measure on {torch_device} {dtype} {backend}, "
         f"{repeats} repeat(s), host {host}")
     done: dict[str, list[int]] = {"measured": [], "skipped": []}

@@ -376,21 +376,29 @@ def _requeue_or_fail(job: Job, message: str, count_attempt: bool = True) -> str:
     return job.status
 
 
-def _stale(table: type[Run] | type[MeasureJob], cutoff: Any) -> Any:
+def _stale(table: type[Run] | type[MeasureJob], cutoff: Any, owned_only: bool) -> Any:
     running_stale = and_(table.status == RUNNING, table.heartbeat_at < cutoff)
-    if table is MeasureJob:  # a waiting ``runner measure`` heartbeats its queued job
-        return or_(running_stale, and_(table.status == QUEUED, table.owner.is_not(None), table.heartbeat_at < cutoff))
-    return running_stale
+    if table is not MeasureJob:
+        return running_stale
+    # A waiting ``runner measure`` heartbeats its queued job too.
+    stale = or_(running_stale, and_(table.status == QUEUED, table.owner.is_not(None), table.heartbeat_at < cutoff))
+    return and_(stale, table.owner.is_not(None)) if owned_only else stale
 
 
-def sweep_stale(db: Database, stale_after: float) -> list[tuple[str, int]]:
-    """Requeue (or fail, when out of attempts) jobs whose heartbeat is older than ``stale_after`` s."""
+def _swept_tables(owned_only: bool) -> dict[str, type[Run] | type[MeasureJob]]:
+    return {MEASURE: MeasureJob} if owned_only else TABLES
+
+
+def sweep_stale(db: Database, stale_after: float, owned_only: bool = False) -> list[tuple[str, int]]:
+    """Requeue (or fail, when out of attempts) jobs whose heartbeat is older than ``stale_after`` s;
+    ``owned_only``: only ``runner measure`` jobs (whose heartbeat period is fixed, unlike workers')."""
 
     def _sweep(s: Session) -> list[tuple[str, int]]:
         cutoff = utcnow() - timedelta(seconds=stale_after)
         swept = []
-        for kind, table in TABLES.items():
-            for job in s.scalars(select(table).where(_stale(table, cutoff)).with_for_update(skip_locked=True)):
+        for kind, table in _swept_tables(owned_only).items():
+            stale = _stale(table, cutoff, owned_only)
+            for job in s.scalars(select(table).where(stale).with_for_update(skip_locked=True)):
                 _requeue_or_fail(job, f"attempt {job.attempts}: worker {job.worker} stopped heartbeating "
                                       f"(last heartbeat {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)")
                 swept.append((kind, job.id))
@@ -398,8 +406,8 @@ def sweep_stale(db: Database, stale_after: float) -> list[tuple[str, int]]:
 
     def _any_stale(s: Session) -> bool:
         cutoff = utcnow() - timedelta(seconds=stale_after)
-        return any(s.scalar(select(func.count()).select_from(table).where(_stale(table, cutoff))) > 0
-                   for table in TABLES.values())
+        return any(s.scalar(select(func.count()).select_from(table).where(_stale(table, cutoff, owned_only))) > 0
+                   for table in _swept_tables(owned_only).values())
 
     # Look before taking the write lock: sweeps run often and almost always find nothing.
     return db.write(_sweep) if db.read(_any_stale) else []

@@ -31,6 +31,7 @@ from runner.db import (
     SpeedMeasurement,
     host_name,
     init_db,
+    utcnow,
 )
 from runner.errors import RunnerInputError
 from runner.job import run_job
@@ -79,7 +80,7 @@ def finish_in_process(db: Database, tmp_path: Path) -> None:
 
 
 def test_measurement_claims_are_host_exclusive(db: Database, tmp_path: Path) -> None:
-    queue.submit(db, load_grid(write_grid(tmp_path / "g.yaml", seeds=3)))
+    queue.submit(db, load_grid(write_grid(tmp_path / "g.yaml", seeds=4)))
     settings = {"device_type": "cpu", "dtype": "float32", "backend": "eager", "images": 1, "warmup": 0,
                 "repeats": 1, "weights": None}
     db.write(lambda s: queue.add_measurement(s, s.get(Run, 1), settings, source="stage"))
@@ -101,6 +102,18 @@ def test_measurement_claims_are_host_exclusive(db: Database, tmp_path: Path) -> 
     assert job.attempts == 1 and "attempt 1: killed" in job.error
     assert queue.claim(db, "w2", max_gpus=1, device="cpu", host="h2") is not None
     assert [c["status"] for c in queue.measurement_counts(db)] == [QUEUED]
+    # A ``runner measure`` that died while waiting would drain its host for ever: its stale job is failed
+    # (by any sweep; ``owned_only`` sweeps, as runner measure does, leave runs and worker jobs alone).
+    waiting = db.write(lambda s: queue.add_measurement(s, s.get(Run, 2), settings, source="measure", owner="m",
+                                                       host="h3").id)
+    assert queue.claim(db, "w3", max_gpus=1, device="cpu", host="h3") is None
+    old = utcnow().replace(year=2000)
+    db.write(lambda s: s.execute(update(Run).values(heartbeat_at=old)))
+    db.write(lambda s: s.execute(update(MeasureJob).values(heartbeat_at=old)))
+    assert queue.sweep_stale(db, 60, owned_only=True) == [("measure", waiting)]
+    assert db.read(lambda s: s.get(MeasureJob, waiting).status) == FAILED
+    assert queue.claim(db, "w3", max_gpus=1, device="cpu", host="h3") is not None
+    assert len(queue.sweep_stale(db, 60)) == 3  # the runs claimed before, now stale
 
 
 def test_host_exclusivity_holds_under_contention(db: Database, tmp_path: Path) -> None:
