@@ -73,6 +73,10 @@ def stage_settings(run: Run, opts: BenchOptions, weights: str | None) -> dict[st
 # --------------------------------------------------------------------------- timing one run
 
 
+def _load_1min() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def _host_jobs(target: MeasureTarget) -> list[dict[str, Any]]:
     return target.db.read(lambda s: queue.host_jobs(s, target.host, exclude=(queue.MEASURE, target.job_id)))
 
@@ -86,17 +90,19 @@ def run_bench_stage(ctx: JobContext) -> dict[str, Any]:
     if target is None:
         raise RuntimeError("the bench stage is exclusive: it runs as a measurement job (runner.measure), "
                            "not inside a run's job")
-    before = _host_jobs(target)
+    before, load_before = _host_jobs(target), _load_1min()
     result = bench(ctx.cfg, target.weights, ctx.data_spec(), images=target.images, device=target.device,
                    dtype=target.dtype, warmup=target.warmup, repeats=target.repeats, backend=target.backend)
-    after = _host_jobs(target)
+    after, load_after = _host_jobs(target), _load_1min()
     seen = {(j["kind"], j["id"]): j for j in [*before, *after]}
     result["concurrent"] = list(seen.values())
 
     def _store(s: Session) -> int:
         job = queue.owned(s, queue.MEASURE, target.job_id, target.token)
         row = speed_row(ctx.run_id, result, target.source)
-        row.extra = {**row.extra, "measure_job": target.job_id, "exclusive_host": target.host}
+        # The OS load average shows what the runner cannot see (other programs on the machine).
+        row.extra = {**row.extra, "measure_job": target.job_id, "exclusive_host": target.host,
+                     "load_1min": [load_before, load_after]}
         s.add(row)
         s.flush()
         job.speed_id, job.status, job.finished_at, job.claim_token = row.id, SUCCEEDED, utcnow(), None

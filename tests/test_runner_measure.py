@@ -214,7 +214,7 @@ def test_worker_measures_only_when_alone_on_its_host(db: Database, tmp_path: Pat
     assert (row.device_type, row.dtype, row.backend, row.repeats, row.images, row.warmup) == \
         ("cpu", "float32", "eager", 2, 2, 1)
     assert row.fps_min <= row.fps <= row.fps_max and len(row.extra["fps_repeats"]) == 2
-    assert row.extra["exclusive_host"] == busy.host and row.packages["torch"]
+    assert row.extra["exclusive_host"] == busy.host and row.packages["torch"] and len(row.extra["load_1min"]) == 2
     log = (tmp_path / "runs" / "b" / str(bench.id) / f"measure-{job.id}.log").read_text()
     assert "=== attempt 1" in log and "Traceback" not in log
 
