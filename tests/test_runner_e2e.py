@@ -1,5 +1,6 @@
 """End to end: two variants × two seeds of the CPU preset on a tiny synthetic set, through
-`runner submit` + `runner work` to the results database, then `runner export`."""
+`runner submit` + `runner work` (training, then the measurement phase) to the results database,
+then `runner export`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from runner_helpers import REPO, runner_cmd
 from sqlalchemy import func, select
 
-from runner.db import SUCCEEDED, Artifact, Database, Metrics, Run, TrainRecord
+from runner.db import SUCCEEDED, Artifact, Database, MeasureJob, Metrics, Run, SpeedMeasurement, TrainRecord
 
 
 @pytest.mark.slow
@@ -29,8 +30,8 @@ base:
 axes:
   model.decoder.num_layers: [1, 2]
 seeds: 2
-stages: [train, eval, analyze]
-stage_options: {{analyze: {{size: [128, 128]}}}}
+stages: [train, eval, analyze, bench]
+stage_options: {{analyze: {{size: [128, 128]}}, bench: {{images: 2, warmup: 1, repeats: 2}}}}
 data: synth
 resources: {{gpus: 0}}
 """)
@@ -49,10 +50,17 @@ resources: {{gpus: 0}}
     assert all(r.git_commit and r.packages.get("torch") for r in runs)
     drawn = db.read(lambda s: list(s.scalars(select(Artifact.path).where(Artifact.kind == "predictions"))))
     assert len(drawn) == 4 and all(len(list(Path(p).glob("*.png"))) == 4 for p in drawn)  # every val image
+    # The measurement phase: one measurement per run, each alone on the host, from the run's checkpoint.
+    jobs = db.read(lambda s: list(s.scalars(select(MeasureJob))))
+    assert [j.status for j in jobs] == [SUCCEEDED] * 4 and all(j.weights and j.weights.endswith(".pth") for j in jobs)
+    speed = db.read(lambda s: list(s.scalars(select(SpeedMeasurement))))
+    assert sorted(r.run_id for r in speed) == sorted(r.id for r in runs)
+    assert all(r.source == "stage" and r.concurrent == [] and r.repeats == 2 and r.images == 2 for r in speed)
+    assert min(j.started_at for j in jobs) >= max(r.finished_at for r in runs)  # training first, then measuring
     db.dispose()
     out = run("export", "e2e", "--format", "md")
     assert out.returncode == 0
-    lines = out.stdout.splitlines()
-    assert lines[0] == "| model.decoder.num_layers | AP | AP_S | AP_M | AP_L | GFLOPs | FPS |"
-    assert lines[2].startswith("| 1 | ") and lines[3].startswith("| 2 | ") and "±" in lines[2]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in out.stdout.splitlines()]
+    assert cells[0] == ["model.decoder.num_layers", "AP", "AP_S", "AP_M", "AP_L", "GFLOPs", "FPS (cpu/float32)"]
+    assert [row[0] for row in cells[2:4]] == ["1", "2"] and all("±" in row[1] and row[6] for row in cells[2:4])
     print(out.stdout)
