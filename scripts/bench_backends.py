@@ -43,6 +43,57 @@ def synthetic_images(count: int, height: int, width: int) -> list[tuple[torch.Te
     return images
 
 
+def profile_torch(backend, samples: list, top: int) -> str:
+    """Self CPU time per aten op over one pass of ``backend`` (a torch backend)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for image, size in samples:
+            backend([image], [size])
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+def profile_onnxruntime(path: Path, samples: list, top: int) -> str:
+    """Time per ONNX op type over one pass through an ONNX Runtime session with profiling on."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.parent / "ort_profile")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    for image, size in samples:
+        session.run(None, {"image": image[None].numpy(), "output_size": np.asarray(size, dtype=np.int64)})
+    totals: dict[str, float] = {}
+    for event in json.loads(Path(session.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"].get("op_name", "?")
+            totals[op] = totals.get(op, 0.0) + event["dur"] / 1000
+    return _op_table(totals, top)
+
+
+def profile_openvino(path: Path, samples: list, top: int, precision: str) -> str:
+    """Time per OpenVINO layer type over one pass with PERF_COUNT on."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": precision,
+                                                          "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    request = compiled.create_infer_request()
+    totals: dict[str, float] = {}
+    for image, size in samples:
+        request.infer({"image": image[None].numpy(), "output_size": np.asarray(size, dtype=np.int64)})
+        for info in request.profiling_info:
+            key = f"{info.node_type} ({info.exec_type})"
+            totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds() * 1000
+    return _op_table(totals, top)
+
+
+def _op_table(totals: dict[str, float], top: int) -> str:
+    whole = sum(totals.values()) or 1.0
+    rows = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return "\n".join(f"{name:<48} {ms:9.1f} ms {100 * ms / whole:5.1f}%" for name, ms in rows)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
@@ -52,6 +103,8 @@ def main() -> int:
     p.add_argument("--reference", type=Path, default=REPO.parent / "shared" / "reference" / REFERENCE_NAME)
     p.add_argument("--only", nargs="*", help="variant labels to run, e.g. 'eager float32' 'openvino bfloat16'")
     p.add_argument("--onnx", type=Path, help="reuse this export of the same weights (default: export afresh)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing: one profiled pass per backend, top ops by time")
     p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,6 +138,18 @@ def main() -> int:
     if args.only:
         variants = [v for v in variants if v.label in args.only or v.backend == "eager" and v.dtype == "float32"
                     and not v.channels_last]
+    if args.profile:
+        for variant in variants:
+            print(f"\n== {variant.label}", flush=True)
+            backend = build(variant)
+            backend([image for image, _ in samples], [size for _, size in samples])  # warm-up
+            if variant.backend == "onnxruntime":
+                print(profile_onnxruntime(onnx_file, samples, 15))
+            elif variant.backend == "openvino":
+                print(profile_openvino(onnx_file, samples, 15, "bf16" if variant.dtype == "bfloat16" else "f32"))
+            else:
+                print(profile_torch(backend, samples, 15))
+        return 0
     start = time.perf_counter()
     rows = compare(build, variants, samples, rounds=args.rounds, warmup=1, baseline=baseline,
                    log=lambda line: print(f"[{time.perf_counter() - start:5.0f} s] {line}", flush=True))

@@ -3,19 +3,22 @@
 ``InferenceGraph(model)(image (1, 3, h, w) float RGB 0..255, output_size (2,) int64)`` →
 ``scores (K,)``, ``labels (K,) int64``, ``masks (K, H, W) bool`` with ``(H, W) = output_size``:
 normalise, zero-pad bottom/right to a multiple of ``size_divisibility``, backbone, pixel decoder,
-decoder, mask logits resized to the padded input, cropped, resized to ``output_size``, top-k
-instance inference. The same operations, in the same order, as ``FastInst.forward`` in eval mode,
-written without Python ints taken from tensor shapes so that height and width stay symbolic.
+decoder, top-k instance inference with the selected mask logits resized to the padded input,
+cropped and resized to ``output_size``. The same operations, in the same order, as
+``FastInst.forward`` in eval mode, written without Python ints taken from tensor shapes so that
+height and width stay symbolic.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastinst.modeling.meta_arch import FastInst
-from fastinst.modeling.postprocess import instance_inference
+from fastinst.modeling.postprocess import instance_inference, resize_mask_logits
 
 
 def infer(model: FastInst, image: Tensor, out_h: int, out_w: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -25,10 +28,9 @@ def infer(model: FastInst, image: Tensor, out_h: int, out_w: int) -> tuple[Tenso
     x = (image - model.pixel_mean) / model.pixel_std
     x = F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
     out = model.forward_head(model.backbone(x))
-    logits = F.interpolate(out["pred_masks"], size=(x.shape[-2], x.shape[-1]), mode="bilinear",
-                           align_corners=False)[:, :, :h, :w]
-    masks = F.interpolate(logits, size=(out_h, out_w), mode="bilinear", align_corners=False)[0]
-    result = instance_inference(out["pred_logits"][0], masks, model.top_k)
+    resize = partial(resize_mask_logits, padded_size=(x.shape[-2], x.shape[-1]), image_size=(h, w),
+                     output_size=(out_h, out_w))
+    result = instance_inference(out["pred_logits"][0], out["pred_masks"][0], model.top_k, resize)
     return result["scores"], result["labels"], result["masks"]
 
 

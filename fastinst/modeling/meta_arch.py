@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -75,8 +77,8 @@ class FastInst(nn.Module):
         results = []
         for i, size in enumerate(sizes):
             out_size = output_sizes[i] if output_sizes is not None else size
-            masks = resize_mask_logits(out["pred_masks"][i], padded, size, out_size)
-            results.append(instance_inference(out["pred_logits"][i], masks, self.top_k))
+            resize = partial(resize_mask_logits, padded_size=padded, image_size=size, output_size=out_size)
+            results.append(instance_inference(out["pred_logits"][i], out["pred_masks"][i], self.top_k, resize))
         return results
 
     def _pad_target(self, target: dict, padded: tuple[int, int]) -> dict:

@@ -5,6 +5,8 @@ As the official post-processing does (docs/official_architecture.md#inference).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -20,17 +22,23 @@ def resize_mask_logits(mask_logits: Tensor, padded_size: tuple[int, int], image_
     return masks[0]
 
 
-def instance_inference(class_logits: Tensor, mask_logits: Tensor, top_k: int) -> dict[str, Tensor]:
+def instance_inference(class_logits: Tensor, mask_logits: Tensor, top_k: int,
+                       resize: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """``class_logits (Q, K+1)``, ``mask_logits (Q, H, W)`` at output size → ``scores (k,)``,
     ``labels (k,)``, ``masks (k, H, W) bool``, ``class_scores (k,)``, ``topk_index (k,)`` (into Q·K),
-    sorted by score."""
+    sorted by score. With ``resize``, ``mask_logits`` may be at any size: the k selected ``(k, h, w)``
+    are resized to output size after selection (a per-mask resize, so the values are the same as
+    resizing all Q first; only the gather moves to the small maps)."""
     num_classes = class_logits.shape[-1] - 1
     probs = class_logits.softmax(-1)[:, :-1].flatten()
     class_scores, topk_index = probs.topk(min(top_k, probs.numel()))
     labels = topk_index % num_classes
     masks = mask_logits[torch.div(topk_index, num_classes, rounding_mode="floor")]
+    if resize is not None:
+        masks = resize(masks)
     binary = masks > 0
-    mask_scores = (masks.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    # where() equals sigmoid * binary exactly, without a bool→float cast of every pixel
+    mask_scores = torch.where(binary, masks.sigmoid(), 0.0).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
     scores = class_scores * mask_scores
     order = scores.argsort(descending=True)
     return {
