@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import TINY
+from test_train import TINY, _one_thread  # noqa: F401 (autouse: one thread for tiny tensors)
 
 import fastinst
 from fastinst.checkpoint import CheckpointError
@@ -17,15 +17,6 @@ from fastinst.deploy.pooling import MatrixAdaptiveAvgPool2d, replace_adaptive_po
 
 CFG = config_from_dict(TINY)
 SIZES = [(96, 128), (112, 80)]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    """Tiny tensors: one thread is as fast, and far faster on a shared, loaded CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

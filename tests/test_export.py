@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import REFERENCE
-from test_train import TINY
+from test_train import TINY, _one_thread  # noqa: F401 (autouse: one thread for tiny tensors)
 
 from fastinst.cli import main
 from fastinst.config import config_from_dict, load_config
@@ -22,14 +22,6 @@ from fastinst.predict.onnx_meta import OnnxModelError
 
 CFG = config_from_dict(TINY)
 CATEGORIES = [{"id": 3 * i + 1, "name": f"shape{i}"} for i in range(4)]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
