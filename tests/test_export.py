@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 from pathlib import Path
 
 import onnx
@@ -25,8 +28,8 @@ CATEGORIES = [{"id": 3 * i + 1, "name": f"shape{i}"} for i in range(4)]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(config YAML, weights with categories, ONNX file written by ``fastinst export``)."""
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, str]:
+    """(config YAML, weights with categories, ONNX file written by ``fastinst export``, its printout)."""
     root = tmp_path_factory.mktemp("export")
     config = root / "tiny.yaml"
     config.write_text(CFG.to_yaml())
@@ -36,13 +39,16 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     weights = root / "tiny.pt"
     torch.save({"model": build_model(CFG).state_dict(), "categories": CATEGORIES}, weights)
     out = root / "tiny.onnx"
-    assert main(["export", str(config), "--weights", str(weights), "--out", str(out)]) == 0
-    return config, weights, out
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["export", str(config), "--weights", str(weights), "--out", str(out)]) == 0
+    return config, weights, out, printed.getvalue()
 
 
-def test_export_cli_writes_a_checked_graph_with_metadata(tiny: tuple[Path, Path, Path],
-                                                        capsys: pytest.CaptureFixture) -> None:
-    _, _, path = tiny
+def test_export_cli_writes_a_checked_graph_with_metadata(tiny: tuple[Path, Path, Path, str]) -> None:
+    _, _, path, printed = tiny
+    assert f"wrote {path}" in printed and "opset 18" in printed
+    verified = re.search(r"score deviation (\S+), label agreement (\S+), mask IoU mean (\S+)", printed)
+    assert float(verified[1]) < 1e-5 and float(verified[2]) == 1.0 and float(verified[3]) > 0.999, printed
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -56,10 +62,10 @@ def test_export_cli_writes_a_checked_graph_with_metadata(tiny: tuple[Path, Path,
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-def test_runtime_equals_eager_at_two_sizes(tiny: tuple[Path, Path, Path], runtime: str) -> None:
+def test_runtime_equals_eager_at_two_sizes(tiny: tuple[Path, Path, Path, str], runtime: str) -> None:
     if runtime == "openvino":
         pytest.importorskip("openvino")
-    _, weights, path = tiny
+    _, weights, path, _ = tiny
     backend = build_backend(runtime, CFG, None, device="cpu", onnx_path=path)
     assert backend.categories == CATEGORIES
     eager = build_backend("eager", CFG, weights, device="cpu")
@@ -74,8 +80,9 @@ def test_runtime_equals_eager_at_two_sizes(tiny: tuple[Path, Path, Path], runtim
         assert (got["masks"] != ref["masks"]).float().mean().item() < 1e-4
 
 
-def test_onnx_of_another_model_is_refused_naming_the_file(tiny: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    _, _, path = tiny
+def test_onnx_of_another_model_is_refused_naming_the_file(tiny: tuple[Path, Path, Path, str],
+                                                         tmp_path: Path) -> None:
+    _, _, path, _ = tiny
     other = config_from_dict({**TINY, "model.num_classes": 7})
     with pytest.raises(OnnxModelError, match=rf"{path}: exported from another model.*model.num_classes=4"):
         build_backend("onnxruntime", other, None, device="cpu", onnx_path=path)
@@ -89,8 +96,8 @@ def test_onnx_of_another_model_is_refused_naming_the_file(tiny: tuple[Path, Path
         build_backend("onnxruntime", CFG, None, device="cpu", onnx_path=foreign)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a protobuf at all")
-    assert main(["bench", str(tiny[0]), "--backend", "onnxruntime", "--onnx", str(junk),
-                 "--data", str(tmp_path)]) == 2
+    with pytest.raises(OnnxModelError, match=rf"{junk}: not a readable ONNX model"):
+        build_backend("openvino", CFG, None, device="cpu", onnx_path=junk)
 
 
 def test_min_side_follows_the_query_count() -> None:

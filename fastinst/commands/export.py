@@ -26,16 +26,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from fastinst import load_config
-    from fastinst.deploy.onnx_export import OPSET, export_onnx, verify_export
+    from fastinst.deploy.backends import load_model
+    from fastinst.deploy.onnx_export import OPSET, export_model, verify_export
 
     cfg = load_config(args.config, args.overrides)
     try:
-        path = export_onnx(cfg, args.weights, args.out, opset=args.opset or OPSET)
+        model, categories = load_model(cfg, args.weights, torch.device("cpu"))
+        path = export_model(model, cfg, categories, args.out, opset=args.opset or OPSET)
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, opset {args.opset or OPSET}, "
               f"checked with onnx.checker)")
         if args.verify:
-            dev = verify_export(cfg, args.weights, path)
+            dev = verify_export(model, cfg, path)
             print(f"ONNX Runtime vs eager float32 on a {dev['size'][0]}x{dev['size'][1]} image: score deviation "
                   f"{dev['score_dev']:.1e}, label agreement {dev['label_agree']:.3f}, "
                   f"mask IoU mean {dev['mask_iou_mean']:.4f} (min {dev['mask_iou_min']:.4f})")

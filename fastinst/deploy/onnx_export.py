@@ -13,6 +13,7 @@ at :data:`OPSET`, checked with ``onnx.checker``; the file carries ``metadata_pro
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -50,15 +51,23 @@ def _remainder_scalar(self: Any, other: Any) -> Any:
 
 def export_onnx(cfg: Config, weights: str | Path | None, out: str | Path, opset: int = OPSET) -> Path:
     """Export ``cfg`` with ``weights`` to the single ONNX file ``out`` (weights inside); returns its path."""
+    from fastinst.deploy.backends import load_model
+
+    model, categories = load_model(cfg, weights, torch.device("cpu"))
+    return export_model(model, cfg, categories, out, opset)
+
+
+def export_model(model: torch.nn.Module, cfg: Config, categories: list[dict[str, Any]] | None, out: str | Path,
+                 opset: int = OPSET) -> Path:
+    """Export the eval-mode CPU float32 ``model`` of ``cfg`` (left unchanged) to ``out``, with metadata."""
     import onnx
 
-    from fastinst.deploy.backends import load_model
     from fastinst.predict.onnx_meta import CATEGORIES_KEY, CONFIG_KEY
 
     out = Path(out)
-    model, categories = load_model(cfg, weights, torch.device("cpu"))
-    replace_adaptive_pools(model)
-    graph = InferenceGraph(model).eval()
+    exported = copy.deepcopy(model)
+    replace_adaptive_pools(exported)
+    graph = InferenceGraph(exported).eval()
     lo = min_side(cfg)
     size = (max(lo, cfg.input.min_size_test // 2), max(lo, cfg.input.max_size_test // 2))
     example = (torch.rand(1, 3, *size) * 255, torch.tensor(size, dtype=torch.int64))
@@ -80,15 +89,15 @@ def export_onnx(cfg: Config, weights: str | Path | None, out: str | Path, opset:
     return out
 
 
-def verify_export(cfg: Config, weights: str | Path | None, path: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Run ``path`` through ONNX Runtime and the eager model on one seeded random image of test size;
-    the :func:`fastinst.deploy.compare.parity` deviation plus the ``size`` used."""
-    from fastinst.deploy.backends import build_backend
+def verify_export(model: torch.nn.Module, cfg: Config, path: str | Path, seed: int = 0) -> dict[str, Any]:
+    """Run ``path`` through ONNX Runtime and the eager ``model`` it was exported from on one seeded random
+    image of test size; the :func:`fastinst.deploy.compare.parity` deviation plus the ``size`` used."""
+    from fastinst.deploy.backends import TorchBackend, build_backend
     from fastinst.deploy.compare import parity
 
     lo = min_side(cfg)
     size = (max(lo, cfg.input.min_size_test), max(lo, min(cfg.input.max_size_test, cfg.input.min_size_test * 4 // 3)))
     image = torch.rand(3, *size, generator=torch.Generator().manual_seed(seed)) * 255
-    eager = build_backend("eager", cfg, weights, device="cpu")
-    runtime = build_backend("onnxruntime", cfg, weights, device="cpu", onnx_path=path)
+    eager = TorchBackend("eager", model, torch.device("cpu"), "float32", False, None)
+    runtime = build_backend("onnxruntime", cfg, None, device="cpu", onnx_path=path)
     return {**parity(eager([image], [size]), runtime([image], [size])), "size": size}
