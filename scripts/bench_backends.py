@@ -27,8 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from fastinst import load_config  # noqa: E402
 from fastinst.data.synthetic import SHAPES, render  # noqa: E402
-from fastinst.deploy.backends import build_backend  # noqa: E402
-from fastinst.deploy.compare import Variant, compare, default_variants  # noqa: E402
+from fastinst.deploy.compare import compare, default_variants, variant_builder  # noqa: E402
 from fastinst.deploy.reference import REFERENCE_NAME, reference_checkpoint  # noqa: E402
 from fastinst.deploy.report import format_table  # noqa: E402
 
@@ -122,17 +121,7 @@ def main() -> int:
             resnet(resnet_input)
 
     onnx_file = args.onnx or tmp / "model.onnx"
-
-    def build(variant: Variant):
-        if variant.backend in ("onnxruntime", "openvino") and not onnx_file.exists():
-            from fastinst.deploy.onnx_export import export_onnx
-
-            start = time.perf_counter()
-            export_onnx(cfg, weights, onnx_file)
-            print(f"exported ONNX in {time.perf_counter() - start:.0f} s", flush=True)
-        onnx_path = onnx_file if variant.backend in ("onnxruntime", "openvino") else None
-        return build_backend(variant.backend, cfg, weights, device="cpu", dtype=variant.dtype,
-                             channels_last=variant.channels_last, onnx_path=onnx_path)
+    build = variant_builder(cfg, weights, torch.device("cpu"), onnx_file, tmp, log=lambda line: print(line, flush=True))
 
     variants = default_variants(torch.device("cpu"))
     if args.only:

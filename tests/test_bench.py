@@ -67,7 +67,8 @@ def test_bench_compare_prints_one_table(synth: DataSpec, tmp_path: Path, capsys:
     assert [(r["backend"], r["dtype"], r["channels_last"]) for r in rows][:2] == [
         ("eager", "float32", False), ("eager", "float32", True)]
     assert rows[0]["score_dev"] == 0.0 and rows[0]["mask_iou_min"] == 1.0
-    # a random tiny model has near-tied queries, so rounding-level changes may pick others: only ranges here
-    assert all(r["error"] is None and r["fps"] > 0 and 0 <= r["mask_iou_mean"] <= 1 for r in rows)
+    # without --weights every variant shares one random initialisation
+    assert all(r["error"] is None and r["fps"] > 0 for r in rows)
+    assert rows[1]["score_dev"] < 1e-4 and rows[1]["mask_iou_mean"] > 0.99, rows[1]
     assert any("eager float32 channels-last" in line for line in out) and "2 alternating rounds" in out[0]
     assert main(["bench", str(config), *data, "--compare", "--backends", "trt"]) == 2

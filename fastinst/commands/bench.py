@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 from fastinst.config import Config
 from fastinst.data.spec import DatasetError
@@ -34,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", action="store_true",
                    help="every available backend/dtype side by side on the same images (alternating passes, "
                         "--repeats rounds), with each one's deviation from eager float32")
+    p.add_argument("--backends", help="with --compare: only these backends, comma-separated (eager float32, "
+                                      "the parity reference, always runs)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
     p.set_defaults(func=run)
 
@@ -65,8 +69,8 @@ def _compare(cfg: Config, args: argparse.Namespace) -> int:
     import torch
 
     from fastinst.commands.evaluate import data_spec
-    from fastinst.deploy.backends import build_backend, pick_device
-    from fastinst.deploy.compare import Variant, compare, default_variants
+    from fastinst.deploy.backends import pick_device
+    from fastinst.deploy.compare import compare, default_variants, variant_builder
     from fastinst.deploy.report import format_table
     from fastinst.engine.bench import device_name, load_images
 
@@ -75,13 +79,10 @@ def _compare(cfg: Config, args: argparse.Namespace) -> int:
     if not samples:
         raise ValueError("bench needs at least one val image")
 
-    def build(variant: Variant):
-        onnx = args.onnx if variant.backend in ("onnxruntime", "openvino") else None
-        return build_backend(variant.backend, cfg, args.weights, device=device, dtype=variant.dtype,
-                             channels_last=variant.channels_last, onnx_path=onnx)
-
-    rows = compare(build, default_variants(device), samples, rounds=args.repeats, warmup=max(1, args.warmup),
-                   log=lambda line: print(line, file=sys.stderr, flush=True))
+    variants = default_variants(device, args.backends.split(",") if args.backends else None)
+    with tempfile.TemporaryDirectory(prefix="fastinst_compare_") as tmp:
+        build = variant_builder(cfg, args.weights, device, args.onnx, Path(tmp), _log)
+        rows = compare(build, variants, samples, rounds=args.repeats, warmup=max(1, args.warmup), log=_log)
     summaries = [row.summary(len(samples)) for row in rows]
     print(f"{len(samples)} images, {args.repeats} alternating rounds, {device_name(device)}, "
           f"{torch.get_num_threads()} threads; deviations against eager float32")
@@ -89,3 +90,7 @@ def _compare(cfg: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summaries))
     return 0
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -18,11 +18,13 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from fastinst.config import Config
 from fastinst.deploy.backends import Backend, Result
 
 Sample = tuple[Tensor, tuple[int, int]]
@@ -88,6 +90,35 @@ def default_variants(device: torch.device, backends: list[str] | None = None) ->
             raise ValueError(f"unknown backend {unknown[0]!r}; known: {', '.join(BACKENDS)}")
         variants = variants[:1] + [v for v in variants[1:] if v.backend in backends]
     return variants
+
+
+def variant_builder(cfg: Config, weights: str | Path | None, device: torch.device, onnx_path: str | Path | None,
+                    workdir: Path, log: Callable[[str], None] | None = None) -> Callable[[Variant], Backend]:
+    """``build(variant)`` for :func:`compare`: the ONNX backends share ``onnx_path``, or one export of
+    ``cfg`` with ``weights`` into ``workdir`` made on first need. Without ``weights``, one random
+    initialisation (saved in ``workdir``) serves every variant, so that parity compares like with like."""
+    exported = Path(onnx_path) if onnx_path is not None else workdir / "model.onnx"
+    if weights is None:
+        from fastinst import build_model
+
+        weights = workdir / "random_init.pt"
+        torch.save(build_model(cfg).state_dict(), weights)
+
+    def build(variant: Variant) -> Backend:
+        from fastinst.deploy.backends import build_backend
+
+        onnx = variant.backend in ("onnxruntime", "openvino")
+        if onnx and not exported.exists():
+            from fastinst.deploy.onnx_export import export_onnx
+
+            start = time.perf_counter()
+            export_onnx(cfg, weights, exported)
+            if log:
+                log(f"exported ONNX in {time.perf_counter() - start:.0f} s")
+        return build_backend(variant.backend, cfg, weights, device=device, dtype=variant.dtype,
+                             channels_last=variant.channels_last, onnx_path=exported if onnx else None)
+
+    return build
 
 
 def _importable(module: str) -> bool:
