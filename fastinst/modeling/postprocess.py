@@ -37,8 +37,9 @@ def instance_inference(class_logits: Tensor, mask_logits: Tensor, top_k: int,
     if resize is not None:
         masks = resize(masks)
     binary = masks > 0
-    # where() equals sigmoid * binary exactly, without a bool→float cast of every pixel
-    mask_scores = torch.where(binary, masks.sigmoid(), 0.0).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    # One bool→float cast serves both sums (a float32 count is exact below 2^24 pixels per mask).
+    inside = binary.to(masks.dtype)
+    mask_scores = (masks.sigmoid() * inside).flatten(1).sum(1) / (inside.float().flatten(1).sum(1) + 1e-6)
     scores = class_scores * mask_scores
     order = scores.argsort(descending=True)
     return {
