@@ -5,8 +5,11 @@ reuses the data and the finished runs instead of duplicating them:
 
 1. write the synthetic shapes dataset (``data/demo_shapes``) unless it is there;
 2. submit ``experiments/demo.yaml`` to the results database (``results.db`` by default);
-3. start ``runner work`` with CPU slots until the queue is empty, showing progress;
-4. print the paper-style table (``runner export``) and write the trade-off plot as PNG.
+3. start ``runner work`` with CPU slots until the queue is empty, showing progress: every run trains
+   and evaluates, two at a time; then each run's speed is measured by a measurement job, which the
+   runner starts only while nothing else of its runs on this host (one after another, alone);
+4. print the paper-style table (``runner export``: AP mean ± std over seeds, FPS median [min–max]
+   over repeats) and write the trade-off plot (with those spreads as error bars) as PNG.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import time
 
 import pandas as pd
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from fastinst.data.synthetic import make_synthetic
-from fastinst.grid import load_grid
 from runner import queue
-from runner.db import REPO_ROOT, Database, Run, TrainRecord, init_db, resolve_url
-from runner.export import format_table, grid_table, status_frame
+from runner.db import REPO_ROOT, Database, MeasureJob, Run, TrainRecord, init_db, resolve_url
+from runner.export import export_grid, status_frame
+from runner.stages import load_grid
 
 GRID = REPO_ROOT / "experiments" / "demo.yaml"
 DATA = REPO_ROOT / "data" / "demo_shapes"
@@ -42,15 +46,26 @@ def ensure_data(num_train: int, num_val: int, size: int) -> None:
 
 
 def progress(db: Database, grid: str, max_iter: int) -> tuple[int, int, str]:
-    """(finished runs, total runs, a summary of run states and the running runs' training step)."""
+    """(finished jobs, all jobs: runs and their measurements, a summary of states and training steps)."""
     states = status_frame(db, grid)
     row = states.iloc[0] if len(states) else None
     total = int(row["total"]) if row is not None else 0
     finished = sum(int(row[s]) for s in ("succeeded", "failed", "cancelled") if row is not None and s in row)
-    running = db.read(lambda s: list(s.scalars(select(Run.id).where(Run.status == "running"))))
+
+    def _query(s: Session) -> tuple[list[int], dict[str, int]]:
+        running = list(s.scalars(select(Run.id).where(Run.status == "running")))
+        measures = dict(s.execute(select(MeasureJob.status, func.count()).join(Run, MeasureJob.run_id == Run.id)
+                                  .group_by(MeasureJob.status)).all())
+        return running, measures
+
+    running, measures = db.read(_query)
     steps = db.read(lambda s: s.scalar(select(func.max(TrainRecord.step)).where(TrainRecord.run_id.in_(running))))
+    total *= 2  # each run that trains to the end then gets one measurement job
+    finished += sum(n for status, n in measures.items() if status in ("succeeded", "failed", "cancelled"))
     summary = ", ".join(f"{s} {int(row[s])}" for s in ("queued", "running", "succeeded", "failed")
                         if row is not None and s in row and int(row[s]))
+    if measures:
+        summary += "; measurements " + ", ".join(f"{k} {v}" for k, v in sorted(measures.items()))
     return finished, total, summary + (f"; training step {steps}/{max_iter}" if steps else "")
 
 
@@ -63,7 +78,7 @@ def run_workers(db: Database, url: str, slots: int, max_iter: int) -> int:
         worker = subprocess.Popen([sys.executable, "-m", "runner.cli", "work", "--cpu-slots", str(slots),
                                    "--exit-when-empty", "--poll", "1"], stdout=out, stderr=subprocess.STDOUT, env=env)
         finished, total, _ = progress(db, "demo", max_iter)
-        with tqdm(total=total, initial=finished, unit="run") as bar:
+        with tqdm(total=total, initial=finished, unit="job") as bar:
             while worker.poll() is None:
                 time.sleep(2)
                 finished, total, summary = progress(db, "demo", max_iter)
@@ -77,18 +92,18 @@ def run_workers(db: Database, url: str, slots: int, max_iter: int) -> int:
 
 
 def write_plot(db: Database) -> None:
-    from dashboard import data
     from dashboard.figures import tradeoff_figure
     from dashboard.tradeoff import PAPER_COLUMNS, TradeoffSpec, tradeoff_points
+    from runner.results import seed_results
 
     spec = TradeoffSpec(y="AP", x="FPS", curve_by="model.query_init", label_by="row")
-    results = data.grid_results(db)
-    results = results[results["grid"] == "demo"]
-    if "model.query_init" in results:
-        results["model.query_init"] = results["model.query_init"].fillna("ia_guided")
-    points = tradeoff_points(results, spec, {"demo": ["model.decoder.num_layers"]})
+    results = seed_results(db, "demo")  # FPS on the grid's reference setting (cpu/float32/eager)
+    points = tradeoff_points(results, spec, {"demo": ["model.decoder.num_layers"]},
+                             {"demo": ["model.decoder.num_layers", "model.query_init"]})
     no_paper = pd.DataFrame(columns=PAPER_COLUMNS)  # the paper's COCO numbers do not apply to this data
-    fig = tradeoff_figure(points, no_paper, spec, "FPS (CPU, batch 1)", "query init")
+    fig = tradeoff_figure(points, no_paper, spec, "FPS (this CPU, batch 1; bars: min–max over repeats)",
+                          "query init")
+    fig.suptitle("demo: AP mean ± std over 2 seeds, 150 iterations (not converged)", fontsize=9)
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT, dpi=120)
     print(f"trade-off plot: {PLOT.relative_to(REPO_ROOT)}")
@@ -112,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     max_iter = grid.rows[0].config.solver.max_iter
     if run_workers(db, url, args.slots, max_iter) != 0:
         print("the worker exited with an error; see runs/demo_worker.log", file=sys.stderr)
-    print("[4/4] results (AP in percent; FPS on this CPU):\n")
-    print(format_table(grid_table(db, "demo"), "md"))
+    print("[4/4] results (AP in percent, mean ± std over seeds; FPS on this CPU, median [min–max] over "
+          "repeats and seeds):\n")
+    print(export_grid(db, "demo", "md"))
     write_plot(db)
     failed = status_frame(db, "demo")
     if len(failed) and int(failed.iloc[0].get("failed", 0)):
