@@ -42,6 +42,7 @@ from runner.db import (
     resolve_url,
     utcnow,
 )
+from runner.errors import RunnerInputError
 from runner.stages import STAGES, JobContext
 
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs"
@@ -217,18 +218,29 @@ def run_job(db: Database, run_id: int, token: str, runs_dir: str | Path = DEFAUL
         if rank == 0:
             sink.flush()
             db.write(lambda s: _store(s, run_id, token, ctx, timings, run_dir, deferred))
-    except queue.LostClaim as exc:
-        print(f"stopping: {exc}", flush=True)
-        return 3
-    except Exception:
-        error = traceback.format_exc()
-        print(error, file=sys.stderr, flush=True)
-        if rank == 0:
-            status = queue.fail(db, run_id, token, error)
-            print(f"run {run_id}: attempt failed, now {status}", flush=True)
-        return 1
+    except Exception as exc:
+        return failed_attempt(db, exc, run_id, token, queue.RUN, record=rank == 0)
     print(f"run {run_id}: succeeded", flush=True)
     return 0
+
+
+def failed_attempt(db: Database, exc: Exception, job_id: int, token: str, kind: str, record: bool = True) -> int:
+    """A job's exit code after ``exc``: 3 when its claim was lost (someone else owns the job now), else 1
+    after recording the failed attempt (requeued or failed). The project's input errors (a broken
+    checkpoint, config or dataset) are stored as their one-line message; anything else with its traceback."""
+    if isinstance(exc, queue.LostClaim):
+        print(f"stopping: {exc}", flush=True)
+        return 3
+    from fastinst.checkpoint import CheckpointError
+    from fastinst.config import ConfigError
+    from fastinst.data import DatasetError
+
+    user_error = isinstance(exc, (CheckpointError, ConfigError, DatasetError, RunnerInputError))
+    error = f"{type(exc).__name__}: {exc}" if user_error else traceback.format_exc()
+    print(error, file=sys.stderr, flush=True)
+    if record:
+        print(f"{kind} {job_id}: attempt failed, now {queue.fail(db, job_id, token, error, kind=kind)}", flush=True)
+    return 1
 
 
 def _load(s: Any, run_id: int) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from fastinst.data import DatasetError
 from runner import queue
 from runner.db import SUCCEEDED, Artifact, Database, GridRecord, MeasureJob, Run, host_name, utcnow
 from runner.errors import RunnerInputError
-from runner.job import DEFAULT_RUNS_DIR, child_main, run_dir_for, speed_row
+from runner.job import DEFAULT_RUNS_DIR, child_main, failed_attempt, run_dir_for, speed_row
 from runner.results import reference_speed
 from runner.stages import STAGES, BenchOptions, JobContext
 
@@ -142,15 +142,8 @@ def run_measure_job(db: Database, job_id: int, token: str, runs_dir: str | Path 
         ctx = job_context(db, job_id, token, runs_dir, device)
         print(f"measurement {job_id} of run {ctx.run_id} attempt {ctx.attempt} on {device}", flush=True)
         result = STAGES["bench"].run(ctx)
-    except queue.LostClaim as exc:
-        print(f"stopping: {exc}", flush=True)
-        return 3
-    except Exception:
-        error = traceback.format_exc()
-        print(error, file=sys.stderr, flush=True)
-        print(f"measurement {job_id}: attempt failed, now "
-              f"{queue.fail(db, job_id, token, error, kind=queue.MEASURE)}", flush=True)
-        return 1
+    except Exception as exc:
+        return failed_attempt(db, exc, job_id, token, queue.MEASURE)
     print(f"measurement {job_id}: {result}", flush=True)
     return 0
 

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from runner_helpers import runner_cmd, start_worker, wait_for, worker_logs, write_grid
 from sqlalchemy import select, update
+from test_train import TINY as TRAIN_TINY
 
 from fastinst.data.synthetic import make_synthetic
 from runner import cli, queue
@@ -38,13 +39,8 @@ from runner.job import run_job
 from runner.measure import measure_grid
 from runner.stages import load_grid
 
-# A tiny model (as tests/test_train.py's TINY) so timing it takes well under a second.
-TINY = {
-    "model.num_classes": 4, "model.hidden_dim": 64, "model.backbone.name": "resnet18",
-    "model.decoder.num_layers": 1, "model.decoder.dim_feedforward": 128, "model.num_ia_queries": 8,
-    "model.num_aux_queries": 4, "model.test.detections_per_image": 8,
-    "input.min_size_test": 64, "input.max_size_test": 96, "data.num_workers": 0,
-}
+# test_train's tiny model, at a smaller test size, so timing it takes well under a second.
+TINY = {**TRAIN_TINY, "input.min_size_test": 64, "input.max_size_test": 96}
 BENCH = {"images": 2, "warmup": 1, "repeats": 2}
 
 
@@ -364,3 +360,17 @@ def test_runner_measure_on_cuda(finished_grid: Database, data: Path, capsys: pyt
     device = db.read(lambda s: s.scalars(select(SpeedMeasurement.device).where(SpeedMeasurement.source == "measure"))
                      .all())
     assert all(d == torch.cuda.get_device_name(0) for d in device)
+
+
+def test_a_stage_given_a_broken_checkpoint_stores_one_line(db: Database, tmp_path: Path, data: Path) -> None:
+    """A job whose weights file is not a checkpoint fails its attempt with the reader's one-line message
+    (no traceback, no advice to load unsafely); a real bug would keep its traceback."""
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    grid = tiny_grid(tmp_path / "g.yaml", "broken", data, ["eval"], options={"eval": {"weights": str(bad)}})
+    queue.submit(db, load_grid(grid), max_attempts=1)
+    claim = queue.claim(db, "t", max_gpus=1, device="cpu", host=host_name())
+    assert claim is not None and run_job(db, claim.run_id, claim.token, tmp_path / "runs") == 1
+    run = db.read(lambda s: s.get(Run, claim.run_id))
+    assert run.status == "failed"
+    assert run.error.strip() == f"attempt 1: CheckpointError: {bad}: not a readable PyTorch checkpoint (16 bytes of another format)"
