@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tabulate import tabulate
 from tqdm import tqdm
 
 from fastinst.config import Config
@@ -131,6 +132,5 @@ def format_report(reports: Sequence[RowReport], fmt: str = "md") -> str:
         writer.writerow(COLUMNS)
         writer.writerows(rows)
         return buf.getvalue()
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    return "\n".join(lines) + "\n"
+    return tabulate(rows, headers=list(COLUMNS), tablefmt="pipe", disable_numparse=True,
+                    colalign=["left"] + ["right"] * (len(COLUMNS) - 1)) + "\n"
