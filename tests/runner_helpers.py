@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -104,3 +105,12 @@ def count_runs(db: Database, *statuses: str) -> int:
 
 def worker_logs(tmp_path: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("worker-*.log")))
+
+
+def run_in_threads(target: Callable[..., Any], args: list[tuple[Any, ...]]) -> None:
+    """Start one thread per argument tuple, all at once, and wait for every one."""
+    threads = [threading.Thread(target=target, args=a) for a in args]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from runner_helpers import runner_cmd, start_worker, wait_for, worker_logs, write_grid
+from runner_helpers import run_in_threads, runner_cmd, start_worker, wait_for, worker_logs, write_grid
 from sqlalchemy import select, update
 from test_train import TINY as TRAIN_TINY
 
@@ -137,11 +137,7 @@ def test_host_exclusivity_holds_under_contention(db: Database, tmp_path: Path) -
         finally:
             d.dispose()
 
-    threads = [threading.Thread(target=_claimer, args=(i,)) for i in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    run_in_threads(_claimer, [(i,) for i in range(4)])
     assert not errors, errors
     jobs = db.read(lambda s: queue.host_jobs(s, "h"))
     measuring = [j for j in jobs if j["kind"] == "measure"]

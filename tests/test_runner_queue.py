@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runner_helpers import REPO, count_runs, runner_cmd, write_grid
+from runner_helpers import REPO, count_runs, run_in_threads, runner_cmd, write_grid
 from sqlalchemy import select, update
 
 from fastinst.grid import Grid, load_grid
@@ -122,11 +122,7 @@ def test_concurrent_submits_queue_each_run_once(db_url: str, tmp_path: Path) -> 
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=_submit, args=(d,)) for d in dbs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(_submit, [(d,) for d in dbs])
     assert not errors, errors
     # And two real `runner submit` processes at once, on another grid.
     other = write_grid(tmp_path / "h.yaml", name="other", seeds=40,
@@ -170,11 +166,7 @@ def test_claims_are_exclusive_under_contention(db: Database, tmp_path: Path) -> 
             time.sleep(0.001)
         d.dispose()
 
-    threads = [threading.Thread(target=_claimer, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(_claimer, [(i,) for i in range(4)])
     claimed = [r for g in got for r in g]
     assert sorted(claimed) == list(range(1, 61))
     assert sum(1 for g in got if g) >= 2
