@@ -262,10 +262,6 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
 )}
 
 
-def run_stage(name: str, ctx: JobContext) -> dict[str, Any]:
-    return STAGES[name].run(ctx)
-
-
 def parse_grid(spec: Any, source: str = "<grid>", root: Path | None = None, text: str | None = None,
                path: Path | None = None) -> Grid:
     """``fastinst.grid.parse_grid`` with the stages checked against ``STAGES``."""

@@ -126,15 +126,15 @@ def test_autocast_dtype_per_device(monkeypatch: pytest.MonkeyPatch, caplog: pyte
     assert autocast_dtype(tiny_config(solver__amp=False), cuda) is None
     bf16 = tiny_config(solver__amp_dtype="bfloat16")
     assert autocast_dtype(bf16, cuda) == torch.bfloat16
-    monkeypatch.setattr(train_module, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
     assert autocast_dtype(bf16, cpu) == torch.bfloat16
-    monkeypatch.setattr(train_module, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
     assert autocast_dtype(bf16, cpu) is None
     assert "no native bf16" in caplog.text
 
 
 def test_bfloat16_autocast_training_on_cpu(synth: DataSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train_module, "_cpu_has_bf16", lambda: True)  # emulated where not native: still correct
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)  # emulated where not native: still correct
     seen: list[torch.dtype] = []
     real_step = train_module.train_step
 

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from fastinst.config import Config
 from fastinst.deploy.backends import Backend, Result
+from fastinst.engine.bench import cpu_has_bf16
 
 Sample = tuple[Tensor, tuple[int, int]]
 
@@ -125,15 +126,6 @@ def _importable(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX), per /proc/cpuinfo."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def mask_iou(a: Tensor, b: Tensor) -> Tensor:

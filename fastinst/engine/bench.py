@@ -33,6 +33,12 @@ from fastinst.data.transforms import EvalTransform
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 or AMX: oneDNN's bf16 kernels run natively (``torch.cpu`` private probes)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe is not None and probe() for probe in probes)
+
+
 def device_name(device: torch.device) -> str:
     """GPU name, or the CPU model from /proc/cpuinfo (platform string as a fallback)."""
     if device.type == "cuda":

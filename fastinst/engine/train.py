@@ -36,6 +36,7 @@ from fastinst.config import Config, ConfigError
 from fastinst.data.coco import CocoInstanceDataset
 from fastinst.data.spec import DataSpec
 from fastinst.data.transforms import EvalTransform, TrainTransform, build_train_loader
+from fastinst.engine.bench import cpu_has_bf16
 from fastinst.engine.evaluate import check_num_classes, coco_evaluate, run_inference
 from fastinst.engine.records import EvalRecord, StepRecord
 
@@ -117,17 +118,11 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     if not s.amp:
         return None
     if s.amp_dtype == "bfloat16":
-        if device.type == "cpu" and not _cpu_has_bf16():
+        if device.type == "cpu" and not cpu_has_bf16():
             logger.warning("solver.amp_dtype=bfloat16 but this CPU has no native bf16 kernels: training in fp32")
             return None
         return torch.bfloat16
     return torch.float16 if device.type == "cuda" else None
-
-
-def _cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: oneDNN's bf16 kernels run natively (``torch.cpu`` private probes)."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(probe is not None and probe() for probe in probes)
 
 
 # --------------------------------------------------------------------------- distributed
