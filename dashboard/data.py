@@ -6,6 +6,7 @@ workers is never blocked. Only SQLAlchemy's ORM is used: SQLite and PostgreSQL a
 
 Which runs count, units (AP in percent, params in millions) and the speed selection are
 ``runner.results``' rules; the views call it directly for tables, per-seed results and speed rows.
+Intervals and verdicts are ``runner.comparison``'s (``grid_intervals``).
 """
 
 from __future__ import annotations
@@ -21,19 +22,22 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from fastinst.grid import SpeedSetting, flatten, parse_grid
+from runner import comparison
 from runner.db import (
     FAILED,
     QUEUED,
     RUNNING,
     STATUSES,
+    SUCCEEDED,
     Artifact,
     Database,
     GridRecord,
     Run,
+    SpeedMeasurement,
     TrainRecord,
     utcnow,
 )
-from runner.results import STORED, reference_speed, shown
+from runner.results import AP_COLUMNS, STORED, interval_text, reference_speed, shown
 
 IMAGE_KINDS = ("predictions", "visualization", "visualizations", "images")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -72,19 +76,50 @@ class GridInfo:
     keys: list[str]  # the config keys its rows override (axes and explicit rows' keys), in first-seen order
     speed: SpeedSetting  # its reference speed setting
     categorical: list[str]  # those of ``keys`` with a text value in some row (query init, backbone, ...)
+    rows: list[str]  # its rows' names, in grid order
 
 
 def grids(db: Database) -> list[GridInfo]:
-    """Every grid, by name, with its axes, overridden keys and reference speed setting."""
+    """Every grid, by name, with its axes, overridden keys, reference speed setting and rows."""
 
     def _query(s: Session) -> list[GridInfo]:
         records = s.scalars(select(GridRecord).order_by(GridRecord.name))
         return [GridInfo(r.name, list(r.axes), list(r.seeds), r.stages, r.reference,
                          list(dict.fromkeys(k for row in r.rows for k in row.overrides)), reference_speed(r),
-                         list(dict.fromkeys(k for row in r.rows for k, v in row.overrides.items() if isinstance(v, str))))
+                         list(dict.fromkeys(k for row in r.rows for k, v in row.overrides.items() if isinstance(v, str))),
+                         [row.name for row in r.rows])
                 for r in records]
 
     return db.read(_query)
+
+
+def results_stamp(db: Database) -> tuple[int, ...]:
+    """Changes whenever a run succeeds or gets an artifact or speed row: what keys cached comparisons."""
+    queries = (select(func.count()).select_from(Run).where(Run.status == SUCCEEDED), select(func.max(Run.id)),
+               select(func.max(Artifact.id)), select(func.max(SpeedMeasurement.id)))
+    return db.read(lambda s: tuple(int(s.scalar(q) or 0) for q in queries))
+
+
+def grid_intervals(db: Database, baselines: dict[str, str | None], metric: str = "AP",
+                   setting: SpeedSetting | None = None) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """Per grid of ``baselines`` (grid → its baseline row, or None), ``runner.comparison``'s frame on
+    ``setting`` (None: each grid's reference): ``compare_grid`` against the baseline (intervals and
+    verdicts) where it can be made, else ``row_intervals`` (intervals only); a grid where neither can be
+    made has no frame. Also per grid why its verdicts or intervals are missing."""
+    frames: dict[str, pd.DataFrame] = {}
+    problems: dict[str, str] = {}
+    for grid, baseline in baselines.items():
+        if baseline is not None:
+            try:
+                frames[grid] = comparison.compare_grid(db, grid, baseline=baseline, metric=metric, setting=setting)
+                continue
+            except comparison.ComparisonError as exc:
+                problems[grid] = f"no verdicts against {baseline}: {exc}"
+        try:
+            frames[grid] = comparison.row_intervals(db, grid, metric=metric, setting=setting)
+        except comparison.ComparisonError as exc:
+            problems[grid] = f"no 95% intervals: {exc}"
+    return frames, problems
 
 
 def base_config(spec: dict[str, Any], grid_path: str | None) -> dict[str, Any]:
@@ -160,6 +195,19 @@ def run_detail(db: Database, run_id: int) -> RunDetail | None:
         )
 
     return db.read(_query)
+
+
+def ap_text(metrics: dict[str, Any]) -> str:
+    """``AP 12.3 [10.1, 14.5] · AP50 … (95% CI over val images)``: a run's AP (``RunDetail.metrics``) and
+    each AP column with its image-bootstrap interval in ``extra["eval"]`` (``AP_ci`` …, fractions as
+    stored); ``AP 12.3`` alone for a run evaluated before intervals were kept; "" for a run without AP."""
+    if math.isnan(metrics["AP"]):
+        return ""
+    cis = (metrics.get("extra") or {}).get("eval") or {}
+    texts = [f"{column} {interval_text(metrics[column], *(shown(column, v) for v in cis[f'{column}_ci']))}"
+             for column in AP_COLUMNS
+             if len(cis.get(f"{column}_ci") or ()) == 2 and not math.isnan(metrics[column])]
+    return " · ".join(texts) + " (95% CI over val images)" if texts else f"AP {metrics['AP']:.1f}"
 
 
 def train_records(db: Database, run_id: int) -> pd.DataFrame:

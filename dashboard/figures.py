@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import altair as alt
+import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
@@ -13,23 +14,26 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from dashboard.tradeoff import TradeoffSpec, line_segments, pareto_front
+from fastinst.engine.verdicts import UNDECIDED
 
 OURS_TOOLTIP = [alt.Tooltip("curve:N"), alt.Tooltip("label:N"), alt.Tooltip("grid:N"), alt.Tooltip("row:N"),
-                alt.Tooltip("seeds:Q"), alt.Tooltip("x:Q", format=".2f"), alt.Tooltip("x_lo:Q", title="x min", format=".2f"),
-                alt.Tooltip("x_hi:Q", title="x max", format=".2f"), alt.Tooltip("y:Q", format=".2f"),
-                alt.Tooltip("y_std:Q", title="y std", format=".2f"), alt.Tooltip("line_axis:N", title="line along"),
+                alt.Tooltip("seeds:Q"), alt.Tooltip("x:Q", format=".2f"), alt.Tooltip("x_lo:Q", title="x low", format=".2f"),
+                alt.Tooltip("x_hi:Q", title="x high", format=".2f"), alt.Tooltip("y:Q", format=".2f"),
+                alt.Tooltip("y_std:Q", title="y std", format=".2f"), alt.Tooltip("y_lo:Q", title="y low", format=".2f"),
+                alt.Tooltip("y_hi:Q", title="y high", format=".2f"), alt.Tooltip("ci:N", title="95% intervals"),
+                alt.Tooltip("verdict:N", title="vs baseline"), alt.Tooltip("line_axis:N", title="line along"),
                 alt.Tooltip("pareto:N", title="Pareto front")]
 PAPER_TOOLTIP = [alt.Tooltip("label:N", title="paper row"), alt.Tooltip("table:N", title="paper table"),
                  alt.Tooltip("x:Q", format=".1f"), alt.Tooltip("y:Q", format=".1f")]
-LEGEND_NOTE = ("Filled dots: our runs (mean over seeds, bars: ± std of the accuracy over seeds) · lines join rows that "
-               "differ along one axis · hollow diamonds: the paper's reported numbers · black rings and dashed "
-               "line: Pareto front of our runs")
+LEGEND_NOTE = ("Filled dots: our runs (mean over seeds) · hollow dots, labels ending in '?': rows whose difference "
+               "from their grid's baseline is undecided (its 95% interval holds 0) · lines join rows that differ along "
+               "one axis · hollow diamonds: the paper's reported numbers · black rings and dashed line: Pareto front "
+               "of our runs")
 
 
-def with_bars(points: pd.DataFrame) -> pd.DataFrame:
-    """``points`` with ``y_lo``/``y_hi`` (y ± its std over seeds; y itself for one seed)."""
-    std = points["y_std"].astype(float).fillna(0.0)
-    return points.assign(y_lo=points["y"] - std, y_hi=points["y"] + std)
+def undecided(points: pd.DataFrame) -> pd.Series:
+    """True for the points whose difference from their grid's baseline is undecided (``with_intervals``)."""
+    return points["verdict"] == UNDECIDED
 
 
 def curve_colors(curves: list[str]) -> dict[str, str]:
@@ -41,10 +45,10 @@ def curve_colors(curves: list[str]) -> dict[str, str]:
 
 def tradeoff_chart(points: pd.DataFrame, paper: pd.DataFrame, spec: TradeoffSpec, x_title: str,
                    curve_title: str) -> alt.LayerChart:
-    """Filled points with labels and error bars, lines along one axis, the Pareto front as rings on a dashed
-    line, paper points hollow."""
+    """Points with labels and error bars (filled; hollow where undecided), lines along one axis, the Pareto
+    front as rings on a dashed line, paper points as hollow diamonds."""
     colors = curve_colors([*points["curve"], *paper["curve"]])
-    points = with_bars(points)
+    marked = undecided(points)
     color = alt.Color("curve:N", title=curve_title,
                       scale=alt.Scale(domain=list(colors), range=list(colors.values())))
     x = alt.X("x:Q", title=x_title, scale=alt.Scale(zero=False))
@@ -59,7 +63,8 @@ def tradeoff_chart(points: pd.DataFrame, paper: pd.DataFrame, spec: TradeoffSpec
         ours.mark_rule(strokeWidth=1.2).encode(x="x_lo:Q", x2="x_hi:Q"),
         ours.mark_rule(strokeWidth=1.2).encode(y="y_lo:Q", y2="y_hi:Q"),
         front.mark_point(shape="circle", size=300, filled=False, color="black", strokeWidth=1.2),
-        ours.mark_point(filled=True, size=80, opacity=1).encode(tooltip=OURS_TOOLTIP),
+        *(alt.Chart(points[shown]).encode(x=x, y=y, color=color, tooltip=OURS_TOOLTIP)
+          .mark_point(filled=filled, size=80, strokeWidth=2, opacity=1) for shown, filled in ((~marked, True), (marked, False))),
         ours.mark_text(align="left", dx=8, dy=-8, fontSize=12).encode(text="label:N"),
         paper_base.mark_point(shape="diamond", filled=False, size=120, strokeWidth=2)
         .encode(color=color, tooltip=PAPER_TOOLTIP),
@@ -70,7 +75,8 @@ def tradeoff_chart(points: pd.DataFrame, paper: pd.DataFrame, spec: TradeoffSpec
 
 def tradeoff_figure(points: pd.DataFrame, paper: pd.DataFrame, spec: TradeoffSpec, x_title: str,
                     curve_title: str) -> Figure:
-    """The trade-off chart in matplotlib (same points, colours, labels, front and paper markers)."""
+    """The trade-off chart in matplotlib (same points, bars, undecided marks, colours, labels, front and paper
+    markers)."""
     colors = curve_colors([*points["curve"], *paper["curve"]])
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
@@ -80,10 +86,13 @@ def tradeoff_figure(points: pd.DataFrame, paper: pd.DataFrame, spec: TradeoffSpe
         ax.scatter(front["x"], front["y"], s=180, facecolors="none", edgecolors="black", lw=1, zorder=2)
     for _line, group in line_segments(points).groupby("line", sort=False):
         ax.plot(group["x"], group["y"], "-", color=colors[group["curve"].iloc[0]], lw=2, zorder=3)
-    for curve, group in with_bars(points).groupby("curve", sort=False):
-        ax.errorbar(group["x"], group["y"], xerr=[group["x"] - group["x_lo"], group["x_hi"] - group["x"]],
-                    yerr=[group["y"] - group["y_lo"], group["y_hi"] - group["y"]], fmt="o", color=colors[curve],
-                    ms=6, elinewidth=1, capsize=2, label=curve, zorder=3)
+    for curve, group in points.groupby("curve", sort=False):
+        # An interval need not be centred on the mean (e.g. FPS: geometric vs arithmetic mean): clip at 0.
+        ax.errorbar(group["x"], group["y"], xerr=np.clip([group["x"] - group["x_lo"], group["x_hi"] - group["x"]], 0, None),
+                    yerr=np.clip([group["y"] - group["y_lo"], group["y_hi"] - group["y"]], 0, None), fmt="o",
+                    color=colors[curve], ms=6, elinewidth=1, capsize=2, label=curve, zorder=3)
+        hollow = group[undecided(group)]
+        ax.plot(hollow["x"], hollow["y"], "o", ls="", mfc="white", mec=colors[curve], mew=1.5, ms=6, zorder=4)
         for label, px, py in zip(group["label"], group["x"], group["y"]):
             ax.annotate(label, (px, py), textcoords="offset points", xytext=(5, 5), fontsize=8)
     for curve, group in paper.groupby("curve", sort=False):
@@ -93,6 +102,9 @@ def tradeoff_figure(points: pd.DataFrame, paper: pd.DataFrame, spec: TradeoffSpe
             ax.annotate(label, (px, py), textcoords="offset points", xytext=(5, -10), fontsize=7, color="gray")
     handles, labels = ax.get_legend_handles_labels()
     extra = [(Line2D([], [], ls="--", color="black", marker="o", mfc="none", ms=9), "Pareto front")] if len(front) else []
+    if undecided(points).any():
+        extra.append((Line2D([], [], ls="", marker="o", mfc="white", mec="gray", mew=1.5, ms=6),
+                      "undecided vs baseline (?)"))
     if len(paper):
         extra.append((Line2D([], [], ls="", marker="D", mfc="none", mec="gray", ms=6), "paper (reported)"))
     ax.legend([*handles, *(h for h, _ in extra)], [*labels, *(t for _, t in extra)], title=curve_title,

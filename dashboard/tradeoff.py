@@ -2,9 +2,11 @@
 
 ``tradeoff_points`` turns the per-seed results (``runner.results.seed_results``) into one point per grid
 row, aggregated over seeds as ``runner.results.aggregate_seeds`` does for tables: the mean accuracy (y,
-± its std over seeds) against FPS (the mean of the runs' median FPS, with the min–max envelope of every
-timed repeat) or GFLOPs (x). Points are coloured by curve (the grid, or a config key) and labelled by
-the row's axis values (``D3``, ``Na100``) or by one key.
+bars ± its std over seeds) against FPS (the mean of the runs' median FPS, bars the min–max envelope of
+every timed repeat) or GFLOPs (x). Points are coloured by curve (the grid, or a config key) and labelled by
+the row's axis values (``D3``, ``Na100``) or by one key. ``with_intervals`` turns the bars into 95%
+confidence intervals where ``runner.comparison`` can give them (runs with per-image matchings) and marks
+the rows whose difference from their grid's baseline is undecided (``verdict``, a "?" after the label).
 
 Lines join only rows that differ along one axis, ordered along it: within a curve and a grid, rows that
 agree on every other overridden key form a line along the remaining one. Per curve and grid one axis is
@@ -20,14 +22,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fastinst.engine.verdicts import UNDECIDED
 from runner.results import aggregate_seeds
 
 X_AXES = {"FPS": "fps", "GFLOPs": "gflops"}
 Y_METRICS = ("AP", "AP_S", "AP_M", "AP_L", "AP50", "AP75")
 # Short labels for the paper's usual axes: D3 layers, Na100 IA-guided queries, Nb8 auxiliary queries.
 LABEL_PREFIX = {"model.decoder.num_layers": "D", "model.num_ia_queries": "Na", "model.num_aux_queries": "Nb"}
-POINT_COLUMNS = ["curve", "label", "grid", "row", "seeds", "x", "x_lo", "x_hi", "y", "y_std", "line", "line_axis",
-                 "order", "pareto"]
+POINT_COLUMNS = ["curve", "label", "grid", "row", "seeds", "x", "x_lo", "x_hi", "y", "y_std", "y_lo", "y_hi", "ci",
+                 "verdict", "line", "line_axis", "order", "pareto"]
 PAPER_COLUMNS = ["curve", "label", "table", "row", "x", "y"]
 
 
@@ -106,7 +109,8 @@ def assign_lines(rows: list[dict[str, Any]], keys: list[str]) -> list[tuple[str 
 
 def tradeoff_points(results: pd.DataFrame, spec: TradeoffSpec, grid_axes: dict[str, list[str]],
                     grid_keys: dict[str, list[str]] | None = None) -> pd.DataFrame:
-    """One point per (grid, row) with x and y over its seeds, its curve, label, line and Pareto flag.
+    """One point per (grid, row) with x and y over its seeds, their bars (``x_lo``/``x_hi``, ``y_lo``/``y_hi``:
+    module docstring; ``ci`` False, ``verdict`` ""), its curve, label, line and Pareto flag.
 
     ``grid_axes``: each grid's axes (for labels); ``grid_keys``: each grid's overridden config keys (what
     its rows differ in; default: its axes)."""
@@ -125,6 +129,9 @@ def tradeoff_points(results: pd.DataFrame, spec: TradeoffSpec, grid_axes: dict[s
             "x_lo": agg["fps_min"] if x_col == "fps" else agg[x_col],
             "x_hi": agg["fps_max"] if x_col == "fps" else agg[x_col],
             "y": agg[spec.y], "y_std": agg[f"{spec.y}_std"],
+            "y_lo": agg[spec.y] - np.nan_to_num(agg[f"{spec.y}_std"]),
+            "y_hi": agg[spec.y] + np.nan_to_num(agg[f"{spec.y}_std"]),
+            "ci": False, "verdict": "",
             "_keys": {k: first.get(k) for k in (grid_keys or grid_axes).get(grid, []) if k != spec.curve_by},
         })
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -137,6 +144,41 @@ def tradeoff_points(results: pd.DataFrame, spec: TradeoffSpec, grid_axes: dict[s
     points = pd.DataFrame([{k: v for k, v in r.items() if k != "_keys"} for r in rows], columns=POINT_COLUMNS[:-1])
     points["pareto"] = pareto_mask(points["x"].to_numpy(), points["y"].to_numpy(), spec.higher_x_better)
     return points.sort_values(["curve", "x"], kind="stable").reset_index(drop=True)
+
+
+def with_intervals(points: pd.DataFrame, spec: TradeoffSpec, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """``points`` with 95% confidence intervals as bars where ``frames`` (grid → ``runner.comparison``'s frame,
+    ``data.grid_intervals``) has them: ``y_lo``/``y_hi`` from ``value_lo``/``value_hi`` (then ``ci`` is True),
+    FPS ``x_lo``/``x_hi`` from ``fps_lo``/``fps_hi``; ``verdict`` against the grid's baseline, and a "?" after
+    the label of a row whose difference from it is undecided. Other points keep their bars."""
+    if not frames:
+        return points
+    found = pd.concat([f[["row", "value_lo", "value_hi", "fps_lo", "fps_hi", "verdict"]].assign(grid=g)
+                       for g, f in frames.items()])
+    merged = points[["grid", "row"]].merge(found, on=["grid", "row"], how="left")
+    ci = merged["value_lo"].notna().to_numpy()
+    fps_ci = merged["fps_lo"].notna().to_numpy() & (spec.x == "FPS")
+    verdict = merged["verdict"].fillna("").to_numpy()
+    return points.assign(
+        y_lo=np.where(ci, merged["value_lo"], points["y_lo"]), y_hi=np.where(ci, merged["value_hi"], points["y_hi"]),
+        x_lo=np.where(fps_ci, merged["fps_lo"], points["x_lo"]), x_hi=np.where(fps_ci, merged["fps_hi"], points["x_hi"]),
+        ci=ci, verdict=verdict, label=np.where(verdict == UNDECIDED, points["label"] + "?", points["label"]))
+
+
+def bars_note(points: pd.DataFrame, spec: TradeoffSpec) -> str:
+    """What the bars of ``points`` (``with_intervals``) are, naming the grids with and without 95% intervals."""
+    grids = list(dict.fromkeys(points["grid"]))
+    with_ci = [g for g in grids if points.loc[points["grid"] == g, "ci"].any()]
+    without = [g for g in grids if g not in with_ci]
+    fps = spec.x == "FPS"
+    parts = []
+    if with_ci:
+        parts.append(f"bars of {', '.join(with_ci)}: 95% confidence intervals of {spec.y} over seeds and val images"
+                     + (", of FPS over the timed repeats" if fps else ""))
+    if without:
+        parts.append(f"bars of {', '.join(without)} (no 95% intervals): ± std of {spec.y} over seeds"
+                     + (", lowest–highest timed FPS repeat" if fps else ""))
+    return " · ".join(parts)
 
 
 def unmeasured_rows(results: pd.DataFrame, spec: TradeoffSpec) -> list[str]:

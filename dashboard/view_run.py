@@ -1,5 +1,6 @@
-"""Run view: one run's state, metrics, every speed measurement, resolved config and its diff against the
-grid's base, training curves from the per-step records, prediction images and artifacts."""
+"""Run view: one run's state, metrics (AP with its 95% interval over val images where the eval kept one),
+every speed measurement, resolved config and its diff against the grid's base, training curves from the
+per-step records, prediction images and artifacts."""
 
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def render(db: Database) -> None:
     if detail.metrics is None:
         st.info("No metrics yet (they are stored when the run succeeds).")
     else:
+        ap = data.ap_text(detail.metrics)
+        if ap:
+            st.markdown(f"**{ap}**")
         shown = {k: detail.metrics[k] for k in STORED}
         st.dataframe(pd.DataFrame([shown]), hide_index=True, column_config={
             k: st.column_config.NumberColumn(METRICS[k].title, format="%.2f") for k in shown})

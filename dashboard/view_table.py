@@ -1,6 +1,7 @@
 """Table view: a grid as the paper prints it (rows = axis values, columns = metrics, mean ± std over
-seeds, FPS on a chosen device/dtype with its spread), with filters, sorting and CSV/Markdown/LaTeX
-downloads from ``runner.export.format_table``."""
+seeds, FPS on a chosen device/dtype with its spread), with the comparison against a baseline row where
+it can be made (AP with its 95% interval, ΔAP, P(better), verdicts; undecided rows marked), filters,
+sorting and CSV/Markdown/LaTeX downloads from ``runner.export.format_table``."""
 
 from __future__ import annotations
 
@@ -8,16 +9,20 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
-from dashboard import data
+from dashboard import comparisons, data
 from dashboard.paper import PaperError, load_reported
-from dashboard.tables import filter_table, sort_table
-from dashboard.widgets import speed_selector
+from dashboard.tables import filter_table, mark_verdicts, sort_table, verdict_legend
+from dashboard.widgets import follow_default, speed_selector
+from fastinst.grid import SpeedSetting
+from runner.comparison import ComparisonError
 from runner.db import Database
-from runner.export import format_table, key_columns
+from runner.export import format_table, key_columns, with_verdicts
 from runner.results import METRICS, TABLE_METRICS, grid_table, setting_text
 
 FORMATS = (("csv", "CSV", "text/csv"), ("md", "Markdown", "text/markdown"), ("latex", "LaTeX", "application/x-latex"))
+NO_BASELINE = ""  # the baseline select box's "no comparison"
 
 
 def render(db: Database, paper_path: Path) -> None:
@@ -29,12 +34,15 @@ def render(db: Database, paper_path: Path) -> None:
     st.query_params["grid"] = grid
     info = next(g for g in grids if g.name == grid)
     st.caption(f"Axes: {', '.join(info.axes) or '(explicit rows)'} · seeds {info.seeds} · stages {info.stages}"
-               + (f" · reference row: {info.reference}" if info.reference else ""))
-    setting = speed_selector(db, [grid], info.speed, key="table_speed")
+               + (f" · baseline row: {info.reference}" if info.reference else ""))
+    speed_column, baseline_column = st.columns(2)
+    with speed_column:
+        setting = speed_selector(db, [grid], info.speed, key="table_speed")
     full = grid_table(db, grid, setting)
     if full.empty:
         st.info(f"Grid {grid!r} has no rows.")
         return
+    full = _compared(db, info, setting, full, baseline_column)
 
     keys = key_columns(full)
     filters = {}
@@ -56,7 +64,9 @@ def render(db: Database, paper_path: Path) -> None:
                + (f" · measured on {'; '.join(dict.fromkeys(shown['fps_device'].dropna()))}"
                   if shown["fps_device"].notna().any() else "")
                + (f" · {missing} row(s) with results have no measurement on {setting_text(setting)}" if missing else ""))
-    st.markdown(format_table(shown, "md"))
+    st.markdown(format_table(mark_verdicts(shown), "md"))
+    if "verdict" in shown.columns:
+        st.caption(verdict_legend(shown))
 
     texts = {fmt: format_table(shown, fmt) for fmt, _label, _mime in FORMATS}
     for column, (fmt, label, mime) in zip(st.columns([1, 1, 1, 3])[:3], FORMATS):
@@ -67,6 +77,24 @@ def render(db: Database, paper_path: Path) -> None:
             tab.code(texts[fmt], language={"csv": None, "md": "markdown", "latex": "latex"}[fmt])
 
     _paper_rows(paper_path, grid)
+
+
+def _compared(db: Database, info: data.GridInfo, setting: SpeedSetting, table: pd.DataFrame,
+              column: DeltaGenerator) -> pd.DataFrame:
+    """``table`` with the comparison against the baseline row chosen in ``column`` (default: the grid's;
+    ``with_verdicts``) where it can be made; as it is, with a note saying why, where not."""
+    options = [NO_BASELINE, *info.rows]
+    follow_default("table_baseline", info.reference or NO_BASELINE, options, info.name)
+    baseline = column.selectbox("Compare with the baseline row", options, key="table_baseline",
+                                format_func=lambda r: r or "(none)")
+    if baseline == NO_BASELINE:
+        column.caption("Choose a baseline row to compare every row with it (95% intervals and verdicts).")
+        return table
+    try:
+        return with_verdicts(table, comparisons.compare_grid(db, info.name, baseline, setting))
+    except ComparisonError as exc:
+        st.info(f"No comparison with {baseline}: {exc}")
+        return table
 
 
 def _paper_rows(path: Path, grid: str) -> None:

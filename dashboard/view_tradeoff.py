@@ -1,5 +1,6 @@
 """Trade-off view: an accuracy metric against FPS (on a chosen device/dtype/backend, with its spread) or
-GFLOPs; lines along one axis, labels, error bars, Pareto front, paper overlay."""
+GFLOPs; lines along one axis, labels, error bars (95% confidence intervals where the runs kept per-image
+matchings), rows undecided against their grid's baseline marked, Pareto front, paper overlay."""
 
 from __future__ import annotations
 
@@ -9,10 +10,19 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import data
+from dashboard import comparisons, data
 from dashboard.figures import LEGEND_NOTE, figure_bytes, tradeoff_chart, tradeoff_figure
 from dashboard.paper import PaperError, load_reported, tables_for_grids
-from dashboard.tradeoff import X_AXES, Y_METRICS, TradeoffSpec, paper_points, tradeoff_points, unmeasured_rows
+from dashboard.tradeoff import (
+    X_AXES,
+    Y_METRICS,
+    TradeoffSpec,
+    bars_note,
+    paper_points,
+    tradeoff_points,
+    unmeasured_rows,
+    with_intervals,
+)
 from dashboard.widgets import follow_default, speed_selector
 from runner.db import Database
 from runner.results import seed_results, setting_text
@@ -43,6 +53,9 @@ def render(db: Database, paper_path: Path) -> None:
     x_title = "GFLOPs" if x == "GFLOPs" else f"FPS ({setting_text(setting)}, batch 1)"
     spec = TradeoffSpec(y=y, x=x, curve_by=curve_by, label_by=label_by)
     points = tradeoff_points(results, spec, {g.name: g.axes for g in grids}, {g.name: g.keys for g in grids})
+    frames, problems = comparisons.grid_intervals(
+        db, {g.name: g.reference for g in grids if g.name in set(points["grid"])}, y, setting)
+    points = with_intervals(points, spec, frames)
     paper = _paper_overlay(paper_path, spec, chosen, points)
     missing = unmeasured_rows(results, spec)
     if missing and x == "FPS":
@@ -56,8 +69,11 @@ def render(db: Database, paper_path: Path) -> None:
     curve_title = curve_by if curve_by != "grid" else "grid"
     st.altair_chart(tradeoff_chart(points, paper, spec, x_title, curve_title), width="stretch",
                     key="tradeoff_chart")
-    st.caption(LEGEND_NOTE + (" · paper FPS: V100, batch 1" if x == "FPS" and not paper.empty else "")
-               + (" · FPS bars: lowest–highest timed repeat over the seeds" if x == "FPS" else ""))
+    st.caption(" · ".join(filter(None, [LEGEND_NOTE, bars_note(points, spec),
+                                         "paper FPS: V100, batch 1" if x == "FPS" and not paper.empty else ""])))
+    if problems:
+        with st.expander(f"No 95% intervals or verdicts for {len(problems)} grid(s)", expanded=False):
+            st.markdown("\n".join(f"- **{grid}**: {problem}" for grid, problem in problems.items()))
     d1, d2, _ = st.columns([1, 1, 4])
     stem = f"tradeoff_{y}_vs_{x}"
     for column, fmt, mime in ((d1, "png", "image/png"), (d2, "pdf", "application/pdf")):

@@ -16,7 +16,8 @@ A grid file::
     data: ../../data/coco_tiny      # a folder, or {train_json, train_images, val_json, val_images}
     resources: {gpus: 1}
     speed: {device: cuda, dtype: float32, backend: eager}  # the table's reference speed setting
-    reference: baseline             # optional: the row others are compared with
+    baseline: D3                    # optional: the row others are compared with (alias: reference)
+    seed_policy: {min: 2, max: 6}   # optional: more seeds for rows undecided against the baseline
     priority: 0
     max_attempts: 3
 
@@ -55,7 +56,7 @@ DEFAULT_STAGES = ["train", "eval", "analyze"]
 DATA_KEYS = ("root", "train_json", "train_images", "val_json", "val_images")
 TOP_KEYS = (
     "name", "base", "axes", "zip", "rows", "seeds", "stages", "stage_options", "data",
-    "resources", "speed", "reference", "priority", "max_attempts", "description",
+    "resources", "speed", "reference", "baseline", "seed_policy", "priority", "max_attempts", "description",
 )
 SPEED_DEVICES = ("cpu", "cuda")
 SPEED_DTYPES = ("float32", "float16", "bfloat16")
@@ -98,6 +99,21 @@ class SpeedSetting:
         return f"{self.device}/{self.dtype}/{self.backend}"
 
 
+@dataclass(frozen=True)
+class SeedPolicy:
+    """Seeds added where a comparison with the baseline is undecided (``runner.seed_policy``): every row
+    runs ``min`` seeds; a row whose ``metric`` difference from the baseline is undecided at ``level`` gets
+    one more seed (the baseline too), step by step, up to ``max`` seeds per row."""
+
+    min: int
+    max: int
+    metric: str = "AP"
+    level: float = 0.95
+
+
+COMPARABLE_METRICS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
+
+
 @dataclass
 class Row:
     name: str
@@ -128,6 +144,7 @@ class Grid:
     max_attempts: int = 3
     spec: dict[str, Any] = field(default_factory=dict)
     speed: SpeedSetting = field(default_factory=SpeedSetting)
+    seed_policy: SeedPolicy | None = None
 
 
 def variant_hash(cfg: Config) -> str:
@@ -377,6 +394,60 @@ def _int_field(spec: dict[str, Any], key: str, default: int, minimum: int, chk: 
     return value
 
 
+def _seed_policy(spec: dict[str, Any], seeds: list[int], baseline: str | None, stages: list[str],
+                 chk: _Checker) -> SeedPolicy | None:
+    """The ``seed_policy`` field: ``{min, max, metric, level}``; ``min`` is the number of ``seeds``."""
+    given = spec.get("seed_policy")
+    if given is None:
+        return None
+    if not isinstance(given, dict):
+        raise chk.error(("seed_policy",), f"expected a mapping {{min, max, metric, level}}, got {given!r}")
+    for key in given:
+        if key not in ("min", "max", "metric", "level"):
+            raise chk.error(("seed_policy", key), f"unknown key {key!r} (known: ['min', 'max', 'metric', 'level'])")
+    low = given.get("min", len(seeds))
+    high = given.get("max")
+    for key, value in (("min", low), ("max", high)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise chk.error(("seed_policy", key), f"{key}: expected an integer >= 2, got {value!r}")
+    if low != len(seeds):
+        raise chk.error(("seed_policy", "min"), f"min: {low} but the grid has {len(seeds)} seed(s) {seeds}; "
+                                                f"the first seeds are the grid's seeds (give seeds: {low})")
+    if high < low:
+        raise chk.error(("seed_policy", "max"), f"max: {high} is below min: {low}")
+    metric = given.get("metric", "AP")
+    if metric not in COMPARABLE_METRICS:
+        raise chk.error(("seed_policy", "metric"), f"metric: expected one of {list(COMPARABLE_METRICS)}, got {metric!r}")
+    level = given.get("level", 0.95)
+    if isinstance(level, bool) or not isinstance(level, float) or not 0.5 <= level < 1:
+        raise chk.error(("seed_policy", "level"), f"level: expected a number in [0.5, 1), got {level!r}")
+    if baseline is None:
+        raise chk.error(("seed_policy",), "a seed policy needs a baseline row (baseline: ROW)")
+    if "eval" not in stages:
+        raise chk.error(("seed_policy",), f"a seed policy needs the eval stage (stages: {stages})")
+    return SeedPolicy(low, high, metric, level)
+
+
+def stored_seed_policy(spec: dict[str, Any], seeds: list[int], baseline: str | None,
+                       stages: list[str]) -> SeedPolicy | None:
+    """The seed policy of a (validated) grid mapping, e.g. a grid's spec stored in the results database."""
+    return _seed_policy(spec, seeds, baseline, stages, _Checker("<grid>", _Lines("")))
+
+
+def _baseline(spec: dict[str, Any], rows: Mapping[str, Any], chk: _Checker) -> str | None:
+    """``baseline`` (or its older name ``reference``): a row name."""
+    names = {key: spec[key] for key in ("baseline", "reference") if spec.get(key) is not None}
+    if len(set(names.values())) > 1:
+        raise chk.error(("baseline",), f"baseline {names['baseline']!r} and reference {names['reference']!r} "
+                                       f"differ; reference is the older name of baseline: give one")
+    key, baseline = next(iter(names.items()), ("baseline", None))
+    if baseline is not None and baseline not in rows:
+        close = difflib.get_close_matches(str(baseline), list(rows), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise chk.error((key,), f"no row named {baseline!r}{hint}")
+    return baseline
+
+
 def _combinations(spec: dict[str, Any], base: dict[str, Any], chk: _Checker) -> tuple[list[str], list[dict[str, Any]]]:
     """The product of ``axes`` and ``zip`` groups: (axis keys, list of override mappings)."""
     factors: list[list[dict[str, Any]]] = []
@@ -486,16 +557,13 @@ def parse_grid(spec: Any, source: str = "<grid>", root: Path | None = None, text
             raise chk.error(where, f"row {rname!r}: {exc}") from None
         rows.append(Row(rname, overrides, cfg, variant_hash(cfg), seeds, stage_list, resources))
 
-    reference = spec.get("reference")
-    if reference is not None and reference not in seen:
-        close = difflib.get_close_matches(str(reference), list(seen), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise chk.error(("reference",), f"no row named {reference!r}{hint}")
+    reference = _baseline(spec, seen, chk)
     return Grid(
         name=name, path=path, axes=axis_keys, rows=rows, seeds=seeds, stages=stage_list,
         stage_options=stage_options, data=data, resources=resources, reference=reference,
         priority=_int_field(spec, "priority", 0, -(10**6), chk),
         max_attempts=_int_field(spec, "max_attempts", 3, 1, chk), spec=spec, speed=speed,
+        seed_policy=_seed_policy(spec, seeds, reference, stage_list, chk),
     )
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 from fastinst.config import ConfigError
 from fastinst.data import DatasetError
-from fastinst.grid import SPEED_DEVICES, SPEED_DTYPES, GridError
+from fastinst.grid import COMPARABLE_METRICS, SPEED_DEVICES, SPEED_DTYPES, GridError, SpeedSetting
 from runner import queue
 from runner.db import REPO_ROOT, Database, init_db, resolve_url
 from runner.errors import RunnerInputError
@@ -78,6 +78,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         print("\nmeasurements pending or running (each waits until nothing else runs on its host):")
         print(pd.DataFrame(measurements).to_string(index=False))
+    for grid in ([args.grid] if args.grid else list(table["grid"]) if len(table) else []):
+        _print_policy(db, grid)
     if args.runs:
         runs = runs_frame(db, args.grid)
         cols = ["run_id", "grid", "row", "seed", "status", "attempts", "worker", "AP", "gflops", "fps"]
@@ -85,10 +87,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_policy(db: Database, grid: str) -> None:
+    from runner.seed_policy import policy_state
+
+    state = policy_state(db, grid)
+    if state.policy is None:
+        return
+    p = state.policy
+    print(f"\nseed policy of {grid!r}: {p.min} to {p.max} seeds per row until {p.metric} vs the baseline is decided "
+          f"({100 * p.level:.0f}% interval); seeds now: "
+          + ", ".join(f"{row} {n}" for row, n in state.seeds.items()))
+    for entry in state.added:
+        print(f"  step {entry['step']}: seed {entry['seed']} added to {entry['row']} (run {entry['run_id']}): "
+              f"{entry['reason']}")
+    print(f"  next step waits: {state.waiting}" if state.waiting else "  no step pending: every run has succeeded")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from runner.export import export_grid
 
-    text = export_grid(_db(args), args.grid, args.format, device=args.device, dtype=args.dtype, backend=args.backend)
+    text = export_grid(_db(args), args.grid, args.format, device=args.device, dtype=args.dtype, backend=args.backend,
+                       baseline=args.baseline, metric=args.metric, note=lambda line: print(line, file=sys.stderr))
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -101,8 +120,27 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     done = measure_grid(_db(args), args.grid, device=args.device, dtype=args.dtype, backend=args.backend,
                         repeats=args.repeats, images=args.images, warmup=args.warmup, data=args.data,
-                        runs_dir=args.runs_dir, poll=args.poll, say=lambda line: print(line, flush=True))
+                        interleave=args.interleave, runs_dir=args.runs_dir, poll=args.poll,
+                        say=lambda line: print(line, flush=True))
     return 0 if done["measured"] or not done["skipped"] else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from runner.comparison import compare_grid, format_comparison
+    from runner.export import format_table, with_verdicts
+    from runner.results import grid_reference, grid_table
+
+    db = _db(args)
+    reference = grid_reference(db, args.grid)
+    setting = SpeedSetting(args.device or reference.device, args.dtype or reference.dtype,
+                           args.backend or reference.backend)
+    frame = compare_grid(db, args.grid, baseline=args.baseline, metric=args.metric, resamples=args.resamples,
+                         level=args.level, seed=args.seed, setting=setting)
+    if args.format == "text":
+        sys.stdout.write(format_comparison(frame))
+    else:
+        sys.stdout.write(format_table(with_verdicts(grid_table(db, args.grid, setting), frame), args.format))
+    return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -184,14 +222,34 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(default: the grid's speed setting)")
     p.add_argument("--dtype", choices=SPEED_DTYPES, help="FPS measured in this dtype (default: the grid's)")
     p.add_argument("--backend", help="FPS measured with this backend (default: the grid's, else eager)")
+    p.add_argument("--baseline", help="compare every row with this row (default: the grid's baseline)")
+    p.add_argument("--metric", choices=COMPARABLE_METRICS, default="AP", help="the compared metric (default AP)")
 
-    p = add("measure", cmd_measure, "(re)measure the FPS of every succeeded run of a grid here, one after "
-                                    "another, alone on this host; adds one speed row per run")
+    p = add("compare", cmd_compare, "every row against the baseline: AP [95%% CI], ΔAP [95%% CI], P(better), "
+                                    "verdict, FPS ratio [95%% CI]")
+    p.add_argument("grid")
+    p.add_argument("--baseline", help="the row the others are compared with (default: the grid's baseline)")
+    p.add_argument("--metric", choices=COMPARABLE_METRICS, default="AP", help="the compared metric (default AP)")
+    p.add_argument("--resamples", type=int, default=1000, help="paired image resamples (default 1000)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image resamples (default 0)")
+    p.add_argument("--format", choices=["text", "csv", "md", "latex"], default="text")
+    p.add_argument("--device", choices=SPEED_DEVICES, help="FPS of this device type (default: the grid's)")
+    p.add_argument("--dtype", choices=SPEED_DTYPES, help="FPS in this dtype (default: the grid's)")
+    p.add_argument("--backend", help="FPS with this backend (default: the grid's, else eager)")
+
+    p = add("measure", cmd_measure, "(re)measure the FPS of every succeeded run of a grid here, alone on this "
+                                    "host, interleaved (or one after another); adds one speed row per run")
     p.add_argument("grid")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the grid's speed setting)")
     p.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the grid's speed setting)")
     p.add_argument("--backend", help="inference backend (default: the grid's speed setting, else eager)")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes; FPS is their median (default 3)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes of each run (interleaved: rounds); FPS is "
+                                                           "their median (default 3)")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the runs together in rounds, one pass each per round in an order rotating each "
+                        "round, so the machine's drift cancels in their ratios (default); --no-interleave: one "
+                        "run after another")
     p.add_argument("--images", type=int, help="val images per pass (default: each run's bench option, else 100)")
     p.add_argument("--warmup", type=int, help="untimed images first (default: each run's bench option, else 5)")
     p.add_argument("--data", help="dataset folder to time on instead of the runs' own data")

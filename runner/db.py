@@ -21,6 +21,7 @@ Tables (the dashboard reads these):
 - ``measure_jobs``: the measurement phase's queue (one job per requested speed row): a run's ``bench``
   stage becomes one after its compute stages succeed, ``runner measure`` adds its own; same claim,
   heartbeat and retry semantics as runs, but a measurement runs only while nothing else runs on its host;
+- ``added_seeds``: seeds a grid's seed policy added to a row (step, why, the run it queued);
 - ``train_records``: per-step training records (step, time, lr, total loss, each loss, raw record);
 - ``artifacts``: files a run produced (checkpoint, log, per-step JSONL, config).
 """
@@ -108,6 +109,11 @@ class GridRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     rows: Mapped[list[GridRow]] = relationship(back_populates="grid", order_by="GridRow.position")
+    added_seeds: Mapped[list[AddedSeed]] = relationship(back_populates="grid", order_by="AddedSeed.id")
+
+    def row_seeds(self, row: str) -> list[int]:
+        """The seeds of grid row ``row``: the grid's, then those its seed policy added."""
+        return [*self.seeds, *(a.seed for a in self.added_seeds if a.row_name == row)]
 
 
 class GridRow(Base):
@@ -122,6 +128,24 @@ class GridRow(Base):
     variant_hash: Mapped[str] = mapped_column(String(16), index=True)
 
     grid: Mapped[GridRecord] = relationship(back_populates="rows")
+
+
+class AddedSeed(Base):
+    """A seed the grid's seed policy added to one row (``runner.seed_policy``)."""
+
+    __tablename__ = "added_seeds"
+    __table_args__ = (UniqueConstraint("grid_id", "row_name", "seed", name="uq_added_seeds_grid_row_seed"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    grid_id: Mapped[int] = mapped_column(ForeignKey("grids.id", ondelete="CASCADE"), index=True)
+    row_name: Mapped[str] = mapped_column(String(500))
+    seed: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)  # 1 for the policy's first additions, then 2, ...
+    reason: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    grid: Mapped[GridRecord] = relationship(back_populates="added_seeds")
 
 
 class Run(Base):

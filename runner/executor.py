@@ -6,8 +6,10 @@ an attempt. Subclasses say how a job starts, ends and is stopped: :class:`runner
 (child processes on this host) and :class:`runner.ray_executor.RayExecutor` (Ray tasks).
 
 A job is ``python -m runner.job RUN_ID`` (a run's compute stages) or ``python -m runner.measure
-JOB_ID`` (a measurement); either gets the database URL and its claim token through the
-environment (``FASTINST_DB``, ``FASTINST_RUN_TOKEN``), never on its command line.
+JOB_ID [JOB_ID ...]`` (a group of measurements, timed interleaved); either gets the database URL and
+its claim token(s) through the environment (``FASTINST_DB``; ``FASTINST_RUN_TOKEN``, comma-separated
+in job order for a group), never on its command line. Every job of a group is heartbeated, requeued,
+failed and stopped as a job on its own would be; the process is stopped once none of them is ours.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import queue
@@ -39,7 +41,8 @@ def log_tail(path: Path, chars: int = 3000) -> str:
 
 
 def log_path_for(runs_dir: str | Path, claim: queue.Claim) -> Path:
-    """A run's job log (``job.log``) or a measurement's (``measure-<id>.log``) in the run's directory."""
+    """A run's job log (``job.log``) or a measurement's (``measure-<id>.log``) in the run's directory
+    (a group's: its first job's)."""
     name = "job.log" if claim.kind == queue.RUN else f"measure-{claim.job_id}.log"
     return run_dir_for(runs_dir, claim.grid, claim.run_id) / name
 
@@ -60,8 +63,8 @@ def job_env(db_url: str, claim: queue.Claim, visible: str, direct_child: bool,
     """The job's environment; ``cpu_threads`` caps its intra-op threads (CPU slots share the cores)
     unless the user set ``OMP_NUM_THREADS`` already."""
     env = dict(os.environ)
-    env.update(FASTINST_DB=db_url, FASTINST_RUN_TOKEN=claim.token, CUDA_VISIBLE_DEVICES=visible,
-               PYTHONUNBUFFERED="1")
+    env.update(FASTINST_DB=db_url, FASTINST_RUN_TOKEN=",".join(c.token for c in claim.members),
+               CUDA_VISIBLE_DEVICES=visible, PYTHONUNBUFFERED="1")
     if cpu_threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(cpu_threads))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
@@ -73,7 +76,8 @@ def job_env(db_url: str, claim: queue.Claim, visible: str, direct_child: bool,
 
 def job_command(claim: queue.Claim, runs_dir: Path) -> list[str]:
     if claim.kind == queue.MEASURE:
-        return [sys.executable, "-m", "runner.measure", str(claim.job_id), "--runs-dir", str(runs_dir)]
+        return [sys.executable, "-m", "runner.measure", *(str(c.job_id) for c in claim.members),
+                "--runs-dir", str(runs_dir)]
     job = ["-m", "runner.job", str(claim.run_id), "--runs-dir", str(runs_dir)]
     if claim.gpus > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -83,10 +87,16 @@ def job_command(claim: queue.Claim, runs_dir: Path) -> list[str]:
 
 @dataclass
 class Handle:
-    """One job in flight: its claim, and whether the queue took it away from us."""
+    """One job (or measurement group) in flight: its claim, and the keys of its jobs the queue took away
+    from us (cancelled, or requeued behind our back)."""
 
     claim: queue.Claim
-    lost: bool = False
+    lost: set[tuple[str, int]] = field(default_factory=set)
+
+    @property
+    def ours(self) -> list[queue.Claim]:
+        """The claims of its jobs still ours."""
+        return [c for c in self.claim.members if c.key not in self.lost]
 
 
 class Executor:
@@ -179,24 +189,34 @@ class Executor:
             self._release(handle)
             del self.jobs[handle.claim.key]
             what = handle.claim.describe()
-            if handle.lost:
+            if not handle.ours:
                 log.info("%s: stopped (no longer ours)", what)
             elif error is not None:
-                queue.fail(self.db, handle.claim.key[1], handle.claim.token, error, kind=handle.claim.kind)
+                for claim in handle.ours:
+                    queue.fail(self.db, claim.key[1], claim.token, error, kind=claim.kind)
                 log.warning("%s: %s", what, error)
             else:
                 # Exit code 0 means the job stored its result; any other exit may have left it
                 # running under our claim (a crash before the job could record its failure).
                 log_path = log_path_for(self.runs_dir, handle.claim)
-                status = record_exit(self.db, handle.claim, rc, log_path) if rc else None
+                statuses = [record_exit(self.db, claim, rc, log_path) for claim in handle.ours] if rc else []
+                status = ", ".join(s for s in statuses if s)
                 log.info("%s: exited %s%s", what, rc, f"; {status}" if status else "")
 
     def _heartbeat(self) -> None:
-        for key in queue.heartbeat(self.db, [h.claim for h in self.jobs.values() if not h.lost]):
-            handle = self.jobs[key]
-            handle.lost = True
-            log.warning("%s: cancelled or taken over; stopping it", handle.claim.describe())
-            self._stop(handle)
+        ours = {claim.key: (claim, handle) for handle in self.jobs.values() for claim in handle.ours}
+        touched: dict[tuple[str, int], Handle] = {}
+        for key in queue.heartbeat(self.db, [claim for claim, _handle in ours.values()]):
+            handle = ours[key][1]
+            handle.lost.add(key)
+            touched[handle.claim.key] = handle
+        for handle in touched.values():
+            if handle.ours:  # the rest of its group carries on (the lost jobs' rows will not be stored)
+                lost = ", ".join(f"{kind} {job_id}" for kind, job_id in sorted(handle.lost))
+                log.warning("%s: %s cancelled or taken over; the others carry on", handle.claim.describe(), lost)
+            else:
+                log.warning("%s: cancelled or taken over; stopping it", handle.claim.describe())
+                self._stop(handle)
 
     def _shutdown(self) -> None:
         if not self.jobs:
@@ -207,7 +227,7 @@ class Executor:
         self._await_stopped()
         for handle in self.jobs.values():
             self._release(handle)
-            if not handle.lost:
-                queue.fail(self.db, handle.claim.key[1], handle.claim.token,
-                           f"{self.role} {self.name} shut down; requeued", count_attempt=False, kind=handle.claim.kind)
+            for claim in handle.ours:
+                queue.fail(self.db, claim.key[1], claim.token, f"{self.role} {self.name} shut down; requeued",
+                           count_attempt=False, kind=claim.kind)
         self.jobs.clear()

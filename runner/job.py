@@ -221,7 +221,24 @@ def run_job(db: Database, run_id: int, token: str, runs_dir: str | Path = DEFAUL
     except Exception as exc:
         return failed_attempt(db, exc, run_id, token, queue.RUN, record=rank == 0)
     print(f"run {run_id}: succeeded", flush=True)
+    if rank == 0:
+        next_seeds(db, info["grid"])
     return 0
+
+
+def next_seeds(db: Database, grid: str) -> None:
+    """The grid's seed policy takes its next step if this run was the last of the current one
+    (``runner.seed_policy``); a failure there is logged, and the run stays succeeded."""
+    from runner.seed_policy import apply_seed_policy
+
+    try:
+        added = apply_seed_policy(db, grid)
+    except Exception:  # noqa: BLE001 - the run's own results are stored; the policy can be retried
+        print(f"seed policy of grid {grid!r} not applied:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        return
+    for entry in added:
+        print(f"seed policy: added seed {entry['seed']} to row {entry['row']} (run {entry['run_id']}): "
+              f"{entry['reason']}", flush=True)
 
 
 def failed_attempt(db: Database, exc: Exception, job_id: int, token: str, kind: str, record: bool = True) -> int:
@@ -287,29 +304,33 @@ def _store(s: Any, run_id: int, token: str, ctx: JobContext, timings: dict[str, 
 
 
 def child_main(argv: list[str] | None, prog: str, id_name: str, description: str,
-               body: Callable[[Database, int, str, str], int]) -> int:
-    """A worker's child process (``runner.job`` or ``runner.measure``): ``body(db, id, token, runs_dir)``
-    with the claim token from ``$FASTINST_RUN_TOKEN``, dying with the worker that started it."""
+               body: Callable[[Database, list[tuple[int, str]], str], int], many: bool = False) -> int:
+    """A worker's child process (``runner.job``, ``runner.measure``): ``body(db, [(id, token), ...],
+    runs_dir)`` with the claim tokens from ``$FASTINST_RUN_TOKEN`` (comma-separated in id order; ``many``:
+    several ids), dying with the worker that started it."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument(id_name, type=int)
+    parser.add_argument(id_name, type=int, nargs="+" if many else None)
     parser.add_argument("--db", help="database URL (default: $FASTINST_DB, then sqlite:///<repo>/results.db)")
     parser.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR))
     parser.add_argument("--token", default=os.environ.get("FASTINST_RUN_TOKEN"),
-                        help="claim token (default: $FASTINST_RUN_TOKEN)")
+                        help="claim token(s), comma-separated in id order (default: $FASTINST_RUN_TOKEN)")
     args = parser.parse_args(argv)
     parent = os.environ.get("FASTINST_WORKER_PID")
     die_with_parent(int(parent) if parent else None)
-    if not args.token:
-        parser.error("a claim token is needed (--token or $FASTINST_RUN_TOKEN)")
+    ids = getattr(args, id_name) if many else [getattr(args, id_name)]
+    tokens = args.token.split(",") if args.token else []
+    if len(tokens) != len(ids):
+        parser.error(f"{len(ids)} id(s) need as many claim tokens (--token or $FASTINST_RUN_TOKEN)")
     db = Database(resolve_url(args.db))
     try:
-        return body(db, getattr(args, id_name), args.token, args.runs_dir)
+        return body(db, list(zip(ids, tokens)), args.runs_dir)
     finally:
         db.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:
-    return child_main(argv, "python -m runner.job", "run_id", __doc__.splitlines()[0], run_job)
+    return child_main(argv, "python -m runner.job", "run_id", __doc__.splitlines()[0],
+                      lambda db, claims, runs_dir: run_job(db, *claims[0], runs_dir))
 
 
 if __name__ == "__main__":

@@ -17,14 +17,19 @@
   runner job runs on the host. Each check-and-claim is one transaction under the host's lock
   (SQLite: the ``BEGIN IMMEDIATE`` write lock; PostgreSQL: a transaction-scoped advisory lock keyed
   by the host), so two workers on one host cannot both pass the check.
+- Measurements are claimed in groups: ``claim_measurement`` takes, with the next measurement, every
+  other queued worker measurement of the same grid, data and settings (``GROUP_KEYS``), to be timed
+  interleaved in one process (``runner.measure``). Each job of a group keeps its own claim token,
+  heartbeat, attempts and result, so requeueing, failing and cancelling work per job as before.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -53,6 +58,8 @@ MAX_ERROR_CHARS = 20000
 SUBMIT_RETRIES = 10  # a submit that lost a race with a concurrent submit of the same grid is retried
 RUN, MEASURE = "run", "measure"  # the two kinds of queued job
 TABLES: dict[str, type[Run] | type[MeasureJob]] = {RUN: Run, MEASURE: MeasureJob}
+# The settings measurement jobs must share to be timed together (besides their grid and data).
+GROUP_KEYS = ("device_type", "dtype", "backend", "images", "warmup", "repeats")
 Job = Run | MeasureJob
 
 
@@ -75,7 +82,8 @@ class SubmitResult:
 
 @dataclass
 class Claim:
-    """A claimed job: a run (``kind`` "run") or a measurement of run ``run_id`` (``job_id``)."""
+    """A claimed job: a run (``kind`` "run") or a measurement of run ``run_id`` (``job_id``); a
+    measurement's ``group`` holds the other measurements claimed with it, run by the same process."""
 
     run_id: int
     token: str
@@ -84,14 +92,25 @@ class Claim:
     attempt: int
     kind: str = RUN
     job_id: int | None = None
+    group: tuple[Claim, ...] = ()
 
     @property
     def key(self) -> tuple[str, int]:
         """(kind, id in its table): identifies the job among a worker's jobs."""
         return (self.kind, self.job_id if self.kind == MEASURE and self.job_id is not None else self.run_id)
 
+    @property
+    def members(self) -> tuple[Claim, ...]:
+        """This job and the ones claimed with it."""
+        return (self, *self.group)
+
     def describe(self) -> str:
-        return f"run {self.run_id}" if self.kind == RUN else f"measurement {self.job_id} (run {self.run_id})"
+        if self.kind == RUN:
+            return f"run {self.run_id}"
+        if not self.group:
+            return f"measurement {self.job_id} (run {self.run_id})"
+        return (f"measurements {', '.join(str(c.job_id) for c in self.members)} "
+                f"(runs {', '.join(str(c.run_id) for c in self.members)}, interleaved)")
 
 
 def run_key(config_hash: str, seed: int, stages: list[str], stage_options: dict[str, Any],
@@ -154,6 +173,8 @@ def _submit_once(s: Session, grid: Grid, force: bool, priority: int, max_attempt
     new_runs = []
     for row, seed, cfg, key in planned:
         prev = latest.get(key)
+        if prev is not None and prev in new_runs:
+            continue  # a row with the same config as an earlier row of this grid: they share their runs
         if prev is not None and prev.status in (QUEUED, RUNNING):
             result.active.append(prev.id)
             continue
@@ -175,6 +196,7 @@ def _submit_once(s: Session, grid: Grid, force: bool, priority: int, max_attempt
         )
         s.add(run)
         new_runs.append(run)
+        latest[key] = run
     s.flush()
     result.queued = [r.id for r in new_runs]
     return result
@@ -210,12 +232,12 @@ def _lock_host(s: Session, host: str) -> None:
         s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
-def host_jobs(s: Session, host: str, exclude: tuple[str, int] | None = None) -> list[dict[str, Any]]:
-    """The runner jobs running on ``host`` (runs and measurements), except ``exclude`` (kind, id)."""
+def host_jobs(s: Session, host: str, exclude: Collection[tuple[str, int]] = ()) -> list[dict[str, Any]]:
+    """The runner jobs running on ``host`` (runs and measurements), except those in ``exclude`` (kind, id)."""
     out = []
     for kind, table in TABLES.items():
         for job in s.scalars(select(table).where(table.host == host, table.status == RUNNING).order_by(table.id)):
-            if (kind, job.id) == exclude:
+            if (kind, job.id) in exclude:
                 continue
             run_id = job.id if kind == RUN else job.run_id
             out.append({"kind": kind, "id": job.id, "run_id": run_id, "worker": job.worker,
@@ -239,9 +261,11 @@ def _start(job: Job, worker: str, host: str | None) -> None:
     job.finished_at = None
 
 
-def _measure_claim(job: MeasureJob) -> Claim:
-    return Claim(job.run_id, job.claim_token or "", job.run.grid.name, int(job.device_type == "cuda"),
-                 job.attempts, MEASURE, job.id)
+def _measure_claim(jobs: Sequence[MeasureJob]) -> Claim:
+    """The claim of started measurement jobs: the first one's, with the others as its group."""
+    first, *rest = (Claim(job.run_id, job.claim_token or "", job.run.grid.name, int(job.device_type == "cuda"),
+                          job.attempts, MEASURE, job.id) for job in jobs)
+    return dataclasses.replace(first, group=tuple(rest))
 
 
 # --------------------------------------------------------------------------- claim / heartbeat
@@ -269,21 +293,28 @@ def claim(db: Database, worker: str, *, max_gpus: int, device: str, host: str | 
 
 
 def claim_measurement(db: Database, worker: str, *, device_type: str, host: str) -> Claim | None:
-    """Atomically take the next queued measurement for ``device_type``, only while no other runner
-    job runs on ``host`` (and no ``runner measure`` waits there)."""
+    """Atomically take the next queued measurement for ``device_type`` and, as its group, every other
+    queued worker measurement of the same grid, data and ``GROUP_KEYS`` settings; only while no other
+    runner job runs on ``host`` (and no ``runner measure`` waits there)."""
 
     def _claim(s: Session) -> Claim | None:
         _lock_host(s, host)
         if host_jobs(s, host) or _measurement_waiting(s, host):
             return None
-        stmt = (select(MeasureJob).where(MeasureJob.status == QUEUED, MeasureJob.owner.is_(None),
-                                         MeasureJob.device_type == device_type)
+        queued = and_(MeasureJob.status == QUEUED, MeasureJob.owner.is_(None))
+        stmt = (select(MeasureJob).where(queued, MeasureJob.device_type == device_type)
                 .order_by(MeasureJob.priority.desc(), MeasureJob.id).limit(1).with_for_update(skip_locked=True))
-        job = s.scalars(stmt).first()
-        if job is None:
+        first = s.scalars(stmt).first()
+        if first is None:
             return None
-        _start(job, worker, host)
-        return _measure_claim(job)
+        alike = (select(MeasureJob).join(Run, MeasureJob.run_id == Run.id)
+                 .where(queued, MeasureJob.id != first.id, Run.grid_id == first.run.grid_id,
+                        *(getattr(MeasureJob, key) == getattr(first, key) for key in GROUP_KEYS))
+                 .order_by(MeasureJob.id).with_for_update(skip_locked=True, of=MeasureJob))
+        jobs = [first, *(job for job in s.scalars(alike) if job.run.data == first.run.data)]
+        for job in jobs:
+            _start(job, worker, host)
+        return _measure_claim(jobs)
 
     return db.write(_claim)
 
@@ -301,20 +332,23 @@ def add_measurement(s: Session, run: Run, settings: dict[str, Any], *, source: s
     return job
 
 
-def start_owned(db: Database, job_id: int, token: str, host: str) -> Claim | list[dict[str, Any]]:
-    """Start the ``runner measure`` job ``job_id`` if nothing else runs on ``host``: its claim, or
-    (while waiting, heartbeating it) the runner jobs still running there."""
+def start_owned(db: Database, jobs: Sequence[tuple[int, str]], host: str) -> Claim | list[dict[str, Any]]:
+    """Start the ``runner measure`` jobs ``jobs`` (id, token) together if nothing else runs on ``host``:
+    their claim (the first job's, the others as its group), or (while waiting, heartbeating them) the
+    runner jobs still running there."""
 
     def _start_owned(s: Session) -> Claim | list[dict[str, Any]]:
         _lock_host(s, host)
-        job = owned(s, MEASURE, job_id, token, statuses=(QUEUED,))
-        busy = host_jobs(s, host, exclude=(MEASURE, job_id))
+        mine = [owned(s, MEASURE, job_id, token, statuses=(QUEUED,)) for job_id, token in jobs]
+        busy = host_jobs(s, host)  # ours are queued, so never among them
         if busy:
-            job.heartbeat_at = utcnow()
+            for job in mine:
+                job.heartbeat_at = utcnow()
             return busy
-        _start(job, job.owner or "runner measure", host)
-        job.claim_token = token
-        return _measure_claim(job)
+        for job, (_job_id, token) in zip(mine, jobs):
+            _start(job, job.owner or "runner measure", host)
+            job.claim_token = token
+        return _measure_claim(mine)
 
     return db.write(_start_owned)
 

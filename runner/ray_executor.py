@@ -14,9 +14,9 @@ in a ``runtime_env`` (Ray logs those), so a password never shows in Ray's task r
 ``--ray local`` exports ``FASTINST_DB`` before starting Ray, whose workers inherit it; on a cluster,
 start every node's Ray with ``FASTINST_DB`` exported. A task checks that its ``FASTINST_DB`` names
 the executor's database (compared with the password masked) and fails with a clear error if not.
-Measurements are not run as Ray tasks (Ray cannot keep a node to one task): a ``runner work``
-worker or ``runner measure`` on the measuring machine takes them. A job records its node as the
-run's host when it starts, so measurements there wait for it.
+Measurements, alone or in interleaved groups, are not run as Ray tasks (Ray cannot keep a node to
+one task): a ``runner work`` worker or ``runner measure`` on the measuring machine takes them. A job
+records its node as the run's host when it starts, so measurements there wait for it.
 """
 
 from __future__ import annotations

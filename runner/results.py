@@ -72,6 +72,15 @@ def setting_text(setting: SpeedSetting) -> str:
     return f"{setting.device}/{setting.dtype}" + (f"/{setting.backend}" if setting.backend != "eager" else "")
 
 
+def interval_text(value: float, low: float, high: float, digits: int = 1, signed: bool = False) -> str:
+    """``12.3 [10.1, 14.5]`` (``+1.2 [-0.3, +2.7]`` with ``signed``); the value alone without bounds; ``–``."""
+    if math.isnan(value):
+        return "–"
+    sign = "+" if signed else ""
+    text = f"{value:{sign}.{digits}f}"
+    return text if math.isnan(low) else f"{text} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
 def no_speed_text(label: str) -> str:
     """What a table shows for a row without a measurement on the setting ``label`` (``setting_text``)."""
     return f"no measurement on {label}"
@@ -82,7 +91,7 @@ def reference_speed(record: GridRecord) -> SpeedSetting:
     return _spec_reference(record.spec or {})
 
 
-def _grid_record(s: Session, grid: str) -> GridRecord:
+def grid_record(s: Session, grid: str) -> GridRecord:
     record = s.scalars(select(GridRecord).where(GridRecord.name == grid)).one_or_none()
     if record is None:
         names = list(s.scalars(select(GridRecord.name).order_by(GridRecord.name)))
@@ -92,7 +101,7 @@ def _grid_record(s: Session, grid: str) -> GridRecord:
 
 def grid_reference(db: Database, grid: str) -> SpeedSetting:
     """The reference speed setting of the stored grid ``grid``."""
-    return db.read(lambda s: reference_speed(_grid_record(s, grid)))
+    return db.read(lambda s: reference_speed(grid_record(s, grid)))
 
 
 def shown(name: str, value: Any) -> float:
@@ -148,14 +157,14 @@ def seed_results(db: Database, grid: str | None = None, setting: SpeedSetting | 
     every config key that some row of its grid overrides (so rows of one grid are comparable key by key)."""
 
     def _query(s: Session) -> list[dict[str, Any]]:
-        records = [_grid_record(s, grid)] if grid is not None else \
+        records = [grid_record(s, grid)] if grid is not None else \
             list(s.scalars(select(GridRecord).order_by(GridRecord.name)))
         runs = counted_runs(s, records)
         out = []
         for record in records:
             chosen = setting or reference_speed(record)
             hits = [(row, seed, runs.get((row.variant_hash, seed, record.stages)))
-                    for row in record.rows for seed in record.seeds]
+                    for row in record.rows for seed in record.row_seeds(row.name)]
             speed = newest_speed(s, [hit[0].id for _r, _s, hit in hits if hit], chosen)
             keys = list(dict.fromkeys(k for row in record.rows for k in row.overrides))
             for row, seed, hit in hits:
@@ -204,7 +213,7 @@ def grid_table(db: Database, grid: str, setting: SpeedSetting | None = None) -> 
     """
 
     def _grid(s: Session) -> tuple[list[GridRow], list[str], bool, SpeedSetting]:
-        record = _grid_record(s, grid)
+        record = grid_record(s, grid)
         return list(record.rows), list(record.axes), bool(record.spec.get("rows")), reference_speed(record)
 
     rows, axes, explicit, reference = db.read(_grid)

@@ -45,6 +45,7 @@ class TrainOptions:
 class EvalOptions:
     weights: str | None = None  # default: the train stage's checkpoint
     vis_images: int = field(default=8, metadata={"min": 0})  # val images drawn with their predictions
+    bootstrap: int = field(default=1000, metadata={"min": 0})  # image resamples of the AP intervals (0: none)
 
 
 @dataclass(frozen=True)
@@ -164,13 +165,18 @@ def stage_train(ctx: JobContext) -> dict[str, Any]:
 
 
 def stage_eval(ctx: JobContext) -> dict[str, Any]:
-    """COCO metrics; also draws the first ``vis_images`` val images with their predictions into
+    """COCO metrics with their 95% image-bootstrap intervals (``AP_ci`` … in ``metrics.extra``); keeps the
+    per-image matching in ``<run dir>/matching.npz`` (artifact kind ``matching``: what comparisons resample,
+    ``runner.comparison``) and draws the first ``vis_images`` val images with their predictions into
     ``<run dir>/predictions`` (artifact kind ``predictions``)."""
     from fastinst.engine.evaluate import evaluate
 
     opts: EvalOptions = ctx.options_for("eval")
     vis_dir = ctx.run_dir / "predictions"
-    result = evaluate(ctx.cfg, ctx.weights("eval"), ctx.data_spec(), vis_dir=vis_dir, vis_images=opts.vis_images)
+    matching = ctx.run_dir / "matching.npz"
+    result = evaluate(ctx.cfg, ctx.weights("eval"), ctx.data_spec(), vis_dir=vis_dir, vis_images=opts.vis_images,
+                      matching_path=matching, bootstrap=opts.bootstrap)
+    ctx.artifacts.append(("matching", str(matching)))
     if opts.vis_images > 0:
         ctx.artifacts.append(("predictions", str(vis_dir)))
     return result
@@ -254,7 +260,7 @@ class Stage:
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("train", stage_train, TrainOptions, needs_data=True, artifacts=("checkpoint", "records")),
-    Stage("eval", stage_eval, EvalOptions, needs_data=True, metrics=EVAL_KEYS, artifacts=("predictions",)),
+    Stage("eval", stage_eval, EvalOptions, needs_data=True, metrics=EVAL_KEYS, artifacts=("matching", "predictions")),
     Stage("analyze", stage_analyze, AnalyzeOptions, needs_data=False, metrics=ANALYZE_KEYS),
     Stage("bench", stage_bench, BenchOptions, needs_data=True, speed=True, exclusive=True),
     Stage("noop", stage_noop, NoopOptions, needs_data=False, metrics=(*EVAL_KEYS, *ANALYZE_KEYS), speed=True,

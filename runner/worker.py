@@ -9,7 +9,9 @@ stale sweep requeues its runs.
 
 Measurements (``python -m runner.measure``) come second: a worker with a free slot claims a
 compute run first, and only when none is left for it, and no runner job runs on its host, a
-measurement job for its device type; while that runs, no worker on the host starts anything.
+measurement job for its device type, together with every queued measurement of the same grid and
+settings (``queue.claim_measurement``), all timed interleaved by one child process; while that
+runs, no worker on the host starts anything.
 """
 
 from __future__ import annotations

@@ -90,7 +90,9 @@ def main() -> int:
     stamp = int(time.time())
     load_before = os.getloadavg()
     print(f"database {db.display_url}; {os.cpu_count()} CPUs; load average {load_before[0]:.2f} (1 min)")
-    opts = dict(device=args.device, repeats=args.repeats, images=args.images, warmup=args.warmup, say=lambda _l: None)
+    # One run after another (not interleaved): the overhead is per measurement job.
+    opts = dict(device=args.device, repeats=args.repeats, images=args.images, warmup=args.warmup, interleave=False,
+                say=lambda _l: None)
 
     over = f"bench-measure-overhead-{stamp}"
     finished_grid(db, over, Path(args.config), data, list(range(args.runs)), tmp / "runs")

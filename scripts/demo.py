@@ -6,10 +6,12 @@ reuses the data and the finished runs instead of duplicating them:
 1. write the synthetic shapes dataset (``data/demo_shapes``) unless it is there;
 2. submit ``experiments/demo.yaml`` to the results database (``results.db`` by default);
 3. start ``runner work`` with CPU slots until the queue is empty, showing progress: every run trains
-   and evaluates, two at a time; then each run's speed is measured by a measurement job, which the
-   runner starts only while nothing else of its runs on this host (one after another, alone);
-4. print the paper-style table (``runner export``: AP mean ± std over seeds, FPS median [min–max]
-   over repeats) and write the trade-off plot (with those spreads as error bars) as PNG.
+   and evaluates, two at a time (the grid's seed policy adds seeds to rows still undecided against the
+   baseline); then the runs' speeds are measured together, interleaved, by one measurement group that
+   the runner starts only while nothing else of its runs on this host;
+4. print the paper-style table with verdicts against the baseline D3 (``runner export``: AP with its
+   95% interval over seeds and val images, ΔAP, P(better), FPS ratio), ``runner compare`` for D3 and
+   for D1, and write the trade-off plot (95% intervals as error bars, undecided rows hollow) as PNG.
 """
 
 from __future__ import annotations
@@ -92,21 +94,37 @@ def run_workers(db: Database, url: str, slots: int, max_iter: int) -> int:
 
 
 def write_plot(db: Database) -> None:
+    from dashboard.data import grid_intervals, grids
     from dashboard.figures import tradeoff_figure
-    from dashboard.tradeoff import PAPER_COLUMNS, TradeoffSpec, tradeoff_points
+    from dashboard.tradeoff import PAPER_COLUMNS, TradeoffSpec, bars_note, tradeoff_points, with_intervals
     from runner.results import seed_results
 
     spec = TradeoffSpec(y="AP", x="FPS", curve_by="model.query_init", label_by="row")
     results = seed_results(db, "demo")  # FPS on the grid's reference setting (cpu/float32/eager)
     points = tradeoff_points(results, spec, {"demo": ["model.decoder.num_layers"]},
                              {"demo": ["model.decoder.num_layers", "model.query_init"]})
+    frames, problems = grid_intervals(db, {g.name: g.reference for g in grids(db) if g.name == "demo"}, spec.y)
+    points = with_intervals(points, spec, frames)
     no_paper = pd.DataFrame(columns=PAPER_COLUMNS)  # the paper's COCO numbers do not apply to this data
-    fig = tradeoff_figure(points, no_paper, spec, "FPS (this CPU, batch 1; bars: min–max over repeats)",
-                          "query init")
-    fig.suptitle("demo: AP mean ± std over 2 seeds, 150 iterations (not converged)", fontsize=9)
+    fig = tradeoff_figure(points, no_paper, spec, "FPS (this CPU, batch 1)", "query init")
+    fig.suptitle(bars_note(points, spec), fontsize=8)
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT, dpi=120)
-    print(f"trade-off plot: {PLOT.relative_to(REPO_ROOT)}")
+    print(f"trade-off plot: {PLOT.relative_to(REPO_ROOT)}" + (f" ({problems['demo']})" if problems.get("demo") else ""))
+
+
+def print_verdicts(db: Database) -> None:
+    """Each row against the grid's baseline (D3), and D1-learnable against D1 (the query-init question)."""
+    from runner.comparison import ComparisonError, compare_grid, format_comparison
+
+    for baseline in (None, "D1"):
+        try:
+            frame = compare_grid(db, "demo", baseline=baseline)
+        except ComparisonError as exc:
+            print(f"no comparison with {baseline or 'the baseline'}: {exc}")
+            continue
+        print(f"\nrunner compare demo{' --baseline ' + baseline if baseline else ''}:\n")
+        print(format_comparison(frame if baseline is None else frame[frame["row"].isin(["D1", "D1-learnable"])]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     max_iter = grid.rows[0].config.solver.max_iter
     if run_workers(db, url, args.slots, max_iter) != 0:
         print("the worker exited with an error; see runs/demo_worker.log", file=sys.stderr)
-    print("[4/4] results (AP in percent, mean ± std over seeds; FPS on this CPU, median [min–max] over "
-          "repeats and seeds):\n")
-    print(export_grid(db, "demo", "md"))
+    print("[4/4] results (AP in percent: mean [95% interval over seeds and val images]; FPS on this CPU, "
+          "median [min–max] over rounds and seeds; verdicts against the baseline D3):\n")
+    print(export_grid(db, "demo", "md", note=print))
+    print_verdicts(db)
     write_plot(db)
     failed = status_frame(db, "demo")
     if len(failed) and int(failed.iloc[0].get("failed", 0)):

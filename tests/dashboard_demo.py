@@ -88,7 +88,10 @@ def speed(run_id: int, fps: float, device_type: str = "cuda", dtype: str = "floa
 
 def succeed(db: Database, run_id: int, *, ap: float | None, gflops: float | None,
             speeds: tuple[SpeedMeasurement, ...] = (), device: str = "cpu", worker: str = "host-a:1",
-            ap_sml: tuple[float, ...] = (), artifacts: tuple[tuple[str, str], ...] = (), minutes: float = 10.0) -> None:
+            ap_sml: tuple[float, ...] = (), artifacts: tuple[tuple[str, str], ...] = (), minutes: float = 10.0,
+            ap_ci: tuple[float, float] | None = None) -> None:
+    """Finish a run as a job would; ``ap_ci``: its AP's 95% image-bootstrap interval (as the eval stage
+    stores it, ``extra["eval"]["AP_ci"]``)."""
     def _write(s: Any) -> None:
         run = s.get(Run, run_id)
         finished = utcnow() - timedelta(minutes=60 - run_id % 50)
@@ -98,7 +101,7 @@ def succeed(db: Database, run_id: int, *, ap: float | None, gflops: float | None
         small, medium, large = ap_sml or (None, None, None)
         s.add(Metrics(run_id=run_id, AP=ap, AP50=None if ap is None else min(1.0, ap * 1.55), AP_S=small,
                       AP_M=medium, AP_L=large, params=30_000_000, gflops=gflops,
-                      extra={"timings": {"train_s": minutes * 60}}))
+                      extra={"timings": {"train_s": minutes * 60}, **({"eval": {"AP_ci": list(ap_ci)}} if ap_ci else {})}))
         s.add_all(speeds)
         for kind, path in artifacts:
             s.add(Artifact(run_id=run_id, kind=kind, path=path))
@@ -132,16 +135,19 @@ def set_state(db: Database, run_id: int, status: str, *, error: str | None = Non
 
 
 def fill_known(db: Database, root: Path) -> None:
-    """Grids ``layers`` (3 rows × 2 seeds, reference speed cuda/float32, FPS on a V100 and the CPU; 10
-    training records for D1 seed 0) and ``backbones`` (2 rows, FPS on the CPU, its reference), plus grid
+    """Grids ``layers`` (3 rows × 2 seeds, baseline D3, reference speed cuda/float32, FPS on a V100 and the
+    CPU; 10 training records and an AP interval [33.0, 37.0] for D1 seed 0; no per-image matchings, so no
+    comparison can be made) and ``backbones`` (2 rows, FPS on the CPU, its reference), plus grid
     ``broken`` with one failed, one running and one queued run."""
-    queue.submit(db, grid("layers", {"model.decoder.num_layers": [1, 2, 3]}, [0, 1], root, speed={"device": "cuda"}))
+    queue.submit(db, grid("layers", {"model.decoder.num_layers": [1, 2, 3]}, [0, 1], root, speed={"device": "cuda"},
+                          reference="model.decoder.num_layers=3"))
     for run_id, overrides, seed in runs_of(db, "layers"):
         ap, fps, gflops = KNOWN_LAYERS[(overrides["model.decoder.num_layers"], seed)]
-        older = (speed(run_id, 10.0, minutes_ago=120),) if (overrides["model.decoder.num_layers"], seed) == (1, 0) else ()
-        succeed(db, run_id, ap=ap, gflops=gflops, device="cuda:0",
+        first = (overrides["model.decoder.num_layers"], seed) == (1, 0)
+        older = (speed(run_id, 10.0, minutes_ago=120),) if first else ()
+        succeed(db, run_id, ap=ap, gflops=gflops, device="cuda:0", ap_ci=(0.33, 0.37) if first else None,
                 speeds=(*older, speed(run_id, fps), speed(run_id, fps / 10, "cpu", minutes_ago=40)))
-        if (overrides["model.decoder.num_layers"], seed) == (1, 0):
+        if first:
             add_records(db, run_id, 200)
     queue.submit(db, grid("backbones", {"model.backbone.name": ["resnet18", "resnet101"]}, [0], root))
     for run_id, overrides, _seed in runs_of(db, "backbones"):

@@ -129,6 +129,23 @@ def test_explicit_rows_inline_base_and_reference(tmp_path: Path) -> None:
     ("stages: [noop]\nspeed:\n  dtype: int8\n",
      "g.yaml:3: speed: dtype: expected one of ['float32', 'float16', 'bfloat16'], got 'int8'"),
     ("stages: [noop]\nspeed:\n  devices: cpu\n", "g.yaml:3: speed: unknown key 'devices'"),
+    ("stages: [noop]\naxes:\n  model.decoder.num_layers: [1, 3]\nbaseline: model.decoder.num_layers=2\n",
+     "g.yaml:4: baseline: no row named 'model.decoder.num_layers=2'; did you mean"),
+    ("stages: [noop]\naxes:\n  model.decoder.num_layers: [1, 3]\nbaseline: model.decoder.num_layers=1\n"
+     "reference: model.decoder.num_layers=3\n", "g.yaml:4: baseline: baseline 'model.decoder.num_layers=1' and "
+     "reference 'model.decoder.num_layers=3' differ"),
+    ("stages: [eval]\ndata: .\nseeds: 2\nseed_policy: {min: 2, max: 4}\n",
+     "g.yaml:4: seed_policy: a seed policy needs a baseline row"),
+    ("stages: [noop]\nseeds: 2\nbaseline: base\nseed_policy: {max: 4}\n",
+     "g.yaml:4: seed_policy: a seed policy needs the eval stage"),
+    ("stages: [eval]\ndata: .\nseeds: 2\nbaseline: base\nseed_policy: {min: 3, max: 4}\n",
+     "g.yaml:5: seed_policy: min: 3 but the grid has 2 seed(s) [0, 1]"),
+    ("stages: [eval]\ndata: .\nseeds: 3\nbaseline: base\nseed_policy:\n  max: 2\n",
+     "g.yaml:6: seed_policy: max: 2 is below min: 3"),
+    ("stages: [eval]\ndata: .\nseeds: 2\nbaseline: base\nseed_policy:\n  max: 4\n  metric: AR100\n",
+     "g.yaml:7: seed_policy: metric: expected one of ['AP', 'AP50', 'AP75', 'AP_S', 'AP_M', 'AP_L'], got 'AR100'"),
+    ("stages: [eval]\ndata: .\nseeds: 2\nbaseline: base\nseed_policy:\n  maximum: 4\n",
+     "g.yaml:6: seed_policy: unknown key 'maximum'"),
 ])
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, "name: g\n" + text)
@@ -177,6 +194,31 @@ def test_without_a_stage_catalog_only_the_structure_is_checked(tmp_path: Path) -
         load_grid(path, stages=STAGES)
     with pytest.raises(GridError, match=r"g.yaml:1: stages: unknown stage 3"):
         load_grid(write(tmp_path, "stages: [analyze, 3]\n"))
+
+
+def test_baseline_and_seed_policy(tmp_path: Path) -> None:
+    from fastinst.grid import SeedPolicy, stored_seed_policy
+
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val.json").write_text("{}")
+    (tmp_path / "annotations" / "instances_train.json").write_text("{}")
+    path = write(tmp_path, """
+        axes:
+          model.decoder.num_layers: [1, 3]
+        seeds: 2
+        stages: [eval]
+        data: .
+        baseline: model.decoder.num_layers=3
+        seed_policy: {max: 5, metric: AP50, level: 0.9}
+    """)
+    grid = load_grid(path, stages=STAGES)
+    assert grid.reference == "model.decoder.num_layers=3"
+    assert grid.seed_policy == SeedPolicy(min=2, max=5, metric="AP50", level=0.9)
+    assert stored_seed_policy(grid.spec, grid.seeds, grid.reference, grid.stages) == grid.seed_policy
+    old = write(tmp_path, "stages: [noop]\naxes:\n  model.decoder.num_layers: [1, 3]\n"
+                          "reference: model.decoder.num_layers=1\n", name="old.yaml")
+    assert load_grid(old).reference == "model.decoder.num_layers=1"  # the older name still works
+    assert load_grid(old).seed_policy is None
 
 
 def test_speed_setting_defaults_by_resources(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The measurement phase: host-exclusive measurement jobs (real workers), ``runner measure``, bad input."""
+"""The measurement phase: host-exclusive measurement jobs (real workers), ``runner measure``, bad input, and
+interleaved measurement (the rotation, ``bench_interleaved``, ``runner measure``, the workers' groups)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import csv
 import io
 import os
 import signal
+import statistics
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,9 +21,15 @@ from runner_helpers import run_in_threads, runner_cmd, start_worker, wait_for, w
 from sqlalchemy import select, update
 from test_train import TINY as TRAIN_TINY
 
+from fastinst.checkpoint import CheckpointError
+from fastinst.config import config_from_dict
+from fastinst.data.spec import DataSpec
 from fastinst.data.synthetic import make_synthetic
+from fastinst.engine import bench as bench_module
+from fastinst.engine.bench import BenchEntry, bench_interleaved, rotation
 from runner import cli, queue
 from runner.db import (
+    CANCELLED,
     FAILED,
     QUEUED,
     RUNNING,
@@ -113,8 +122,9 @@ def test_measurement_claims_are_host_exclusive(db: Database, tmp_path: Path) -> 
 
 
 def test_host_exclusivity_holds_under_contention(db: Database, tmp_path: Path) -> None:
-    """Four claimers on one host race compute and measurement claims: either one measurement runs there
-    and nothing else, or only runs do (each check-and-claim is atomic per host)."""
+    """Four claimers on one host race compute and measurement claims: either one measurement group runs
+    there (one claimer's, all four jobs: they share grid and settings) and nothing else, or only runs do
+    (each check-and-claim is atomic per host)."""
     queue.submit(db, load_grid(write_grid(tmp_path / "g.yaml", seeds=12)))
     settings = {"device_type": "cpu", "dtype": "float32", "backend": "eager", "images": 1, "warmup": 0,
                 "repeats": 1, "weights": None}
@@ -141,7 +151,7 @@ def test_host_exclusivity_holds_under_contention(db: Database, tmp_path: Path) -
     assert not errors, errors
     jobs = db.read(lambda s: queue.host_jobs(s, "h"))
     measuring = [j for j in jobs if j["kind"] == "measure"]
-    assert (len(measuring), len(jobs)) in ((1, 1), (0, 12)), jobs
+    assert (len(measuring), len(jobs)) in ((4, 4), (0, 12)) and len({j["worker"] for j in measuring}) <= 1, jobs
 
 
 def test_a_waiting_runner_measure_drains_its_host(db: Database, tmp_path: Path, data: Path) -> None:
@@ -370,3 +380,187 @@ def test_a_stage_given_a_broken_checkpoint_stores_one_line(db: Database, tmp_pat
     run = db.read(lambda s: s.get(Run, claim.run_id))
     assert run.status == "failed"
     assert run.error.strip() == f"attempt 1: CheckpointError: {bad}: not a readable PyTorch checkpoint (16 bytes of another format)"
+
+
+# --------------------------------------------------------------------------- interleaved measurement
+
+
+def rows_by_run(db: Database, source: str) -> dict[int, SpeedMeasurement]:
+    return db.read(lambda s: {r.run_id: r for r in s.scalars(
+        select(SpeedMeasurement).where(SpeedMeasurement.source == source).order_by(SpeedMeasurement.id))})
+
+
+def measure_jobs(db: Database) -> list[MeasureJob]:
+    return db.read(lambda s: list(s.scalars(select(MeasureJob).order_by(MeasureJob.id))))
+
+
+def assert_one_group(rows: list[SpeedMeasurement], rounds: int) -> None:
+    """The rows were timed together: one group id, the same runs, rotated positions, ``rounds`` rounds each."""
+    runs = [row.run_id for row in rows]
+    n = len(runs)
+    for i, row in enumerate(rows):
+        info = row.extra["interleave"]
+        assert info["group"] == rows[0].extra["interleave"]["group"] and info["runs"] == runs
+        assert info["position"] == [rotation(n, r).index(i) for r in range(rounds)]
+        assert row.repeats == rounds and len(row.extra["fps_repeats"]) == rounds and row.concurrent == []
+        assert row.fps == pytest.approx(statistics.median(row.extra["fps_repeats"]))
+        assert (row.fps_min, row.fps_max) == (min(row.extra["fps_repeats"]), max(row.extra["fps_repeats"]))
+
+
+def test_rotation_starts_each_round_one_model_later() -> None:
+    assert [rotation(3, r) for r in range(4)] == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
+    assert rotation(1, 5) == [0]
+    # Over ``n`` rounds every model holds every position exactly once.
+    for n in (2, 3, 5):
+        assert all(sorted(rotation(n, r).index(m) for r in range(n)) == list(range(n)) for m in range(n))
+
+
+def test_bench_interleaved_builds_warms_up_then_rotates(data: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """All models warm up before the first round; each round times every model once in the rotated order;
+    images load once per test size; an entry whose weights fail is left out with its error."""
+    calls: list[tuple[int, int]] = []
+    loads: list[tuple[int, int]] = []
+    time_model, load_images = bench_module.time_model, bench_module.load_images
+
+    def _time(model: Any, images: list, *args: Any) -> list[float]:
+        calls.append((id(model), len(images)))
+        return time_model(model, images, *args)
+
+    def _load(cfg: Any, *args: Any) -> list:
+        loads.append((cfg.input.min_size_test, cfg.input.max_size_test))
+        return load_images(cfg, *args)
+
+    monkeypatch.setattr(bench_module, "time_model", _time)
+    monkeypatch.setattr(bench_module, "load_images", _load)
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    cfg = config_from_dict(TINY)
+    small = config_from_dict({**TINY, "input.min_size_test": 48, "input.max_size_test": 64})
+    entries = [BenchEntry(cfg), BenchEntry(small), BenchEntry(cfg, tmp_path / "bad.pth"), BenchEntry(cfg)]
+    results = bench_interleaved(entries, DataSpec.from_folder(data), images=2, device="cpu", warmup=1, repeats=4,
+                                skip=(CheckpointError,))
+    assert loads == [(64, 96), (48, 64)]
+    assert isinstance(results[2]["error"], CheckpointError) and set(results[2]) == {"error"}
+    warmups, timed = calls[:3], calls[3:]
+    assert [n for _model, n in warmups] == [1, 1, 1] and [n for _model, n in timed] == [2] * 12
+    models = [model for model, _n in warmups]  # entries 0, 1 and 3, in entry order
+    assert [model for model, _n in timed] == [models[k] for r in range(4) for k in rotation(3, r)]
+    for i, result in zip((0, 1, 3), (results[0], results[1], results[3])):
+        assert result["positions"] == [rotation(3, r).index((0, 1, 3).index(i)) for r in range(4)]
+        assert result["repeats"] == 4 and len(result["fps_repeats"]) == 4 and result["num_images"] == 2
+    assert results[1]["test_size"] == [48, 64] and results[0]["test_size"] == [64, 96]
+
+
+def test_runner_measure_interleaves_the_runs(db: Database, tmp_path: Path, data: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    queue.submit(db, load_grid(tiny_grid(tmp_path / "t.yaml", "t", None, ["noop"], seeds=3)))
+    finish_in_process(db, tmp_path)
+    args = ["--db", db.url_string, "measure", "t", "--device", "cpu", "--repeats", "3", "--images", "2",
+            "--data", str(data), "--poll", "0.1", "--runs-dir", str(tmp_path / "runs")]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 round(s), interleaved" in out and "runs 1, 2, 3: interleaved" in out and "measured 3, skipped 0" in out
+    rows = rows_by_run(db, "measure")
+    assert sorted(rows) == [1, 2, 3]
+    assert_one_group([rows[run] for run in rows[1].extra["interleave"]["runs"]], 3)
+    # One measurement job per run, owned by this process, started together once the host was free.
+    measured = measure_jobs(db)
+    assert [(j.status, j.source, j.speed_id) for j in measured] == [(SUCCEEDED, "measure", rows[j.run_id].id)
+                                                                    for j in measured]
+    assert max(j.started_at for j in measured) <= min(j.finished_at for j in measured)
+    # --no-interleave: one run after another, as before (no "interleave" entry).
+    assert cli.main([*args, "--no-interleave", "--repeats", "2"]) == 0
+    assert "2 repeat(s), host" in capsys.readouterr().out
+    again = [j for j in measure_jobs(db) if j.id not in {m.id for m in measured}]
+    assert all(a.finished_at <= b.started_at for a, b in zip(again, again[1:]))
+    assert all("interleave" not in r.extra and r.repeats == 2 for r in rows_by_run(db, "measure").values())
+
+
+def submit_grid(url: str, grid: Path) -> None:
+    out = subprocess.run(runner_cmd(url, "submit", str(grid)), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_worker_drain_measures_a_grid_as_one_group(tmp_path: Path, data: Path) -> None:
+    """``make demo``'s drain: every run of the grid trains first, then one worker measures all their queued
+    measurement jobs in one child process, interleaved, each job storing its own row."""
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    db = init_db(url)
+    submit_grid(url, tiny_grid(tmp_path / "b.yaml", "b", data, ["bench"], seeds=3,
+                              options={"bench": {"images": 2, "warmup": 1, "repeats": 3}}))
+    worker = start_worker(url, tmp_path, "w", "--cpu-slots", "2", "--exit-when-empty")
+    try:
+        assert worker.wait(timeout=180) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    logs = worker_logs(tmp_path)
+    measured = measure_jobs(db)  # the group's order (two runs trained at once: either may have queued first)
+    rows = rows_by_run(db, "stage")
+    order = [j.run_id for j in measured]
+    assert sorted(order) == [1, 2, 3], logs[-3000:]
+    assert all((j.status, j.attempts, j.speed_id) == (SUCCEEDED, 1, rows[j.run_id].id) for j in measured)
+    assert_one_group([rows[run] for run in order], 3)
+    assert f"measurements 1, 2, 3 (runs {', '.join(map(str, order))}, interleaved)" in logs
+    log = (tmp_path / "runs" / "b" / str(order[0]) / "measure-1.log").read_text()  # the group's one process
+    assert all(f"measurement {j.id} of run {j.run_id} attempt 1" in log for j in measured)
+    assert "Traceback" not in log
+    db.dispose()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the measurement's process in /proc")
+def test_killed_group_requeues_every_job(tmp_path: Path, data: Path) -> None:
+    """One child process measures the group; killed, every job of it is requeued with the attempt counted,
+    and they are claimed again together; a worker shutting down requeues them all without counting."""
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    db = init_db(url)
+    submit_grid(url, tiny_grid(tmp_path / "b.yaml", "b", data, ["bench"], seeds=2,
+                              options={"bench": {"images": 2, "repeats": 5000}}))
+    worker = start_worker(url, tmp_path, "w")
+    try:
+        wait_for(lambda: [j.status for j in measure_jobs(db)] == [RUNNING, RUNNING], 90, "the group to start")
+        wait_for(lambda: bool(children_of(worker.pid)), 30, "the measurement process")
+        (child,) = children_of(worker.pid)
+        assert Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[3:5] == [b"1", b"2"]
+        os.kill(child, signal.SIGKILL)
+        wait_for(lambda: [j.attempts for j in measure_jobs(db)] == [2, 2], 60, "the group to be claimed again")
+        assert all(j.status == RUNNING and "attempt 1: job killed by signal SIGKILL" in j.error
+                   for j in measure_jobs(db))
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert all(j.status == QUEUED and j.attempts == 1 and "worker w shut down; requeued" in j.error
+               for j in measure_jobs(db))
+    assert rows_by_run(db, "stage") == {}
+    db.dispose()
+
+
+def test_cancelling_jobs_of_a_group(tmp_path: Path, data: Path) -> None:
+    """Cancelling one job of a running group: the others carry on and store their rows (the cancelled one
+    stores none). Cancelling the whole grid: the process is stopped and nothing is left running."""
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    db = init_db(url)
+    submit_grid(url, tiny_grid(tmp_path / "b.yaml", "b", data, ["bench"], seeds=2,
+                              options={"bench": {"images": 2, "warmup": 1, "repeats": 20}}))
+    submit_grid(url, tiny_grid(tmp_path / "c.yaml", "c", data, ["bench"], seeds=2,
+                              options={"bench": {"images": 2, "repeats": 5000}}))
+    worker = start_worker(url, tmp_path, "w", "--exit-when-empty")
+    try:
+        wait_for(lambda: [j.status for j in measure_jobs(db)][:2] == [RUNNING, RUNNING], 90, "b's group to start")
+        queue.cancel(db, run_ids=[1])
+        wait_for(lambda: [j.status for j in measure_jobs(db)][2:] == [RUNNING, RUNNING], 120, "c's group to start")
+        queue.cancel(db, grid="c")
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    logs = worker_logs(tmp_path)
+    assert [(j.run_id, j.status) for j in measure_jobs(db)] == \
+        [(1, CANCELLED), (2, SUCCEEDED), (3, CANCELLED), (4, CANCELLED)], logs[-3000:]
+    rows = rows_by_run(db, "stage")
+    assert list(rows) == [2] and rows[2].extra["interleave"]["runs"] == [1, 2]  # run 1 was timed, not stored
+    assert "measurements 1, 2 (runs 1, 2, interleaved): measure 1 cancelled or taken over; the others carry on" in logs
+    assert "measurements 3, 4 (runs 3, 4, interleaved): cancelled or taken over; stopping it" in logs
+    db.dispose()

@@ -40,7 +40,7 @@ def test_options_get_their_defaults_and_types() -> None:
 
 
 @pytest.mark.parametrize(("stage", "options", "message"), [
-    ("eval", {"vis_image": 3}, "unknown option 'vis_image' for stage 'eval' (known: ['weights', 'vis_images'])"),
+    ("eval", {"vis_image": 3}, "unknown option 'vis_image' for stage 'eval' (known: ['weights', 'vis_images', 'bootstrap'])"),
     ("eval", {"vis_images": True}, "eval.vis_images: expected an integer >= 0, got True"),
     ("bench", {"repeats": 0}, "bench.repeats: expected an integer >= 1, got 0"),
     ("bench", {"weights": 3}, "bench.weights: expected a string or null, got 3"),

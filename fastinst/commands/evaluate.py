@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vis-dir", help="also draw ground truth beside predictions for the first images, as PNGs here")
     p.add_argument("--vis-images", type=int, default=8, help="how many images --vis-dir draws (default 8)")
     p.add_argument("--vis-score", type=float, default=0.5, help="score threshold of drawn predictions (default 0.5)")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="B",
+                   help="add 95%% intervals of AP .. AP_L over B image resamples (e.g. 1000; default 0: none)")
+    p.add_argument("--matching", metavar="PATH", help="keep the per-image matching (.npz) here, for later comparisons")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on the last line")
     p.set_defaults(func=run)
 
@@ -46,12 +49,25 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     try:
         metrics = evaluate(cfg, args.weights, data_spec(args), max_images=args.images, device=args.device,
-                           vis_dir=args.vis_dir, vis_images=args.vis_images, vis_score=args.vis_score)
+                           vis_dir=args.vis_dir, vis_images=args.vis_images, vis_score=args.vis_score,
+                           matching_path=args.matching, bootstrap=args.bootstrap)
     except (ValueError, OSError) as exc:  # DatasetError, ConfigError, a checkpoint that does not fit
         print(f"fastinst eval: {exc}", file=sys.stderr)
         return 2
     for key, value in metrics.items():
-        print(f"{key:>16}  {value:.4f}" if isinstance(value, float) else f"{key:>16}  {value}")
+        if key.endswith("_ci") and key[:-3] in metrics:
+            continue
+        line = f"{key:>16}  {value:.4f}" if isinstance(value, float) else f"{key:>16}  {value}"
+        print(line + _interval_text(metrics.get(f"{key}_ci"), args.bootstrap))
     if args.json:
         print(json.dumps(metrics))
     return 0
+
+
+def _interval_text(interval: list[float | None] | None, resamples: int) -> str:
+    """``  [low, high] (95% CI, B image resamples)`` after a metric's value; empty without an interval."""
+    if interval is None:
+        return ""
+    low, high = interval
+    bounds = "[undefined]" if low is None or high is None else f"[{low:.4f}, {high:.4f}]"
+    return f"  {bounds} (95% CI, {resamples} image resamples)"

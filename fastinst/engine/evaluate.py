@@ -33,18 +33,40 @@ METRICS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR1", "AR10", "AR100",
 
 
 def coco_evaluate(coco_gt: COCO, predictions: list[dict[str, Any]], iou_type: str = "segm",
-                  with_boxes: bool = False, image_ids: Sequence[int] | None = None) -> dict[str, float]:
+                  with_boxes: bool = False, image_ids: Sequence[int] | None = None,
+                  matching_path: str | Path | None = None, bootstrap: int = 0) -> dict[str, Any]:
     """COCOeval summary of COCO result dicts (``image_id, category_id, segmentation, score``).
 
     Values are in [0, 1], -1 where COCO gives -1 (e.g. no ground truth of that size). Only
     ``image_ids`` are evaluated when given (all of ``coco_gt`` otherwise). With ``with_boxes``,
-    box AP of the masks' bounding boxes is added under ``box_*`` keys.
+    box AP of the masks' bounding boxes is added under ``box_*`` keys. The ``iou_type`` evaluation's
+    per-image matching (``fastinst.engine.matching``) is written to ``matching_path`` when given; with
+    ``bootstrap`` > 0, ``AP_ci`` … ``AP_L_ci`` are added: ``[low, high]`` 95% percentile intervals over
+    that many image resamples (seed 0, ``fastinst.engine.bootstrap``), ``None`` bounds where undefined.
     """
-    metrics = _summarize(coco_gt, [_result(p, iou_type) for p in predictions], iou_type, image_ids)
+    metrics, coco_eval = _summarize(coco_gt, [_result(p, iou_type) for p in predictions], iou_type, image_ids)
+    if matching_path is not None or bootstrap > 0:
+        metrics.update(_keep_matching(coco_eval, matching_path, bootstrap))
     if with_boxes:
         boxes = [{**_result(p, "bbox"), "bbox": _mask_box(p["segmentation"])} for p in predictions]
-        metrics.update({f"box_{k}": v for k, v in _summarize(coco_gt, boxes, "bbox", image_ids).items()})
+        metrics.update({f"box_{k}": v for k, v in _summarize(coco_gt, boxes, "bbox", image_ids)[0].items()})
     return metrics
+
+
+def _keep_matching(coco_eval: COCOeval, matching_path: str | Path | None,
+                   bootstrap: int) -> dict[str, list[float | None]]:
+    """Write ``coco_eval``'s matching to ``matching_path`` (when given); the ``*_ci`` intervals of
+    ``bootstrap`` resamples (none when 0)."""
+    from fastinst.engine.bootstrap import bootstrap_interval
+    from fastinst.engine.matching import matching_from_eval
+
+    matching = matching_from_eval(coco_eval)
+    if matching_path is not None:
+        matching.save(matching_path)
+    if bootstrap <= 0:
+        return {}
+    return {f"{name}_ci": [None if np.isnan(low) else low, None if np.isnan(high) else high]
+            for name, (_, low, high) in bootstrap_interval(matching, bootstrap).items()}
 
 
 def _result(prediction: dict[str, Any], iou_type: str) -> dict[str, Any]:
@@ -55,7 +77,7 @@ def _result(prediction: dict[str, Any], iou_type: str) -> dict[str, Any]:
 
 
 def _summarize(coco_gt: COCO, predictions: list[dict[str, Any]], iou_type: str,
-               image_ids: Sequence[int] | None) -> dict[str, float]:
+               image_ids: Sequence[int] | None) -> tuple[dict[str, float], COCOeval]:
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(predictions) if predictions else _empty_results(coco_gt)
         coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
@@ -64,7 +86,7 @@ def _summarize(coco_gt: COCO, predictions: list[dict[str, Any]], iou_type: str,
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    return {name: float(v) for name, v in zip(METRICS, coco_eval.stats)}
+    return {name: float(v) for name, v in zip(METRICS, coco_eval.stats)}, coco_eval
 
 
 def _empty_results(coco_gt: COCO) -> COCO:
@@ -131,12 +153,14 @@ def run_inference(model: torch.nn.Module, dataset: CocoInstanceDataset | Subset,
 
 def evaluate(cfg: Config, weights: str | Path | None, data: DataSpec, max_images: int | None = None,
              device: str | torch.device | None = None, progress: bool = True, vis_dir: str | Path | None = None,
-             vis_images: int = 8, vis_score: float = 0.5) -> dict[str, Any]:
+             vis_images: int = 8, vis_score: float = 0.5, matching_path: str | Path | None = None,
+             bootstrap: int = 0) -> dict[str, Any]:
     """Mask AP etc. (see ``METRICS``) of the model built from ``cfg`` with ``weights`` (``None``:
     as initialised) on ``data``'s val split, or its first ``max_images`` images; plus ``num_images``.
 
     With ``vis_dir``, the first ``vis_images`` images are also drawn there, ground truth beside the
-    predictions scoring at least ``vis_score`` (``fastinst.engine.visualize``)."""
+    predictions scoring at least ``vis_score`` (``fastinst.engine.visualize``). ``matching_path`` and
+    ``bootstrap`` keep the segm matching and add ``AP_ci`` … intervals (see ``coco_evaluate``)."""
     from fastinst import build_model
 
     json_path, image_dir = data.split("val")
@@ -152,7 +176,8 @@ def evaluate(cfg: Config, weights: str | Path | None, data: DataSpec, max_images
         load_weights(model, weights)
     model.to(dev).eval()
     predictions = run_inference(model, subset, cfg, dev, progress)
-    metrics: dict[str, Any] = coco_evaluate(dataset.coco, predictions, image_ids=image_ids)
+    metrics = coco_evaluate(dataset.coco, predictions, image_ids=image_ids, matching_path=matching_path,
+                            bootstrap=bootstrap)
     metrics.update(num_images=len(image_ids), num_predictions=len(predictions))
     if vis_dir is not None and vis_images > 0:
         from fastinst.engine.visualize import write_prediction_images
