@@ -22,6 +22,7 @@ COMMANDS = [
     "fastinst.commands.bench",
     "fastinst.commands.export",
     "fastinst.commands.predict",
+    "fastinst.commands.model_zoo",
 ]
 
 

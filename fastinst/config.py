@@ -3,9 +3,10 @@
 The defaults are FastInst-D3 R50 as the official code configures it
 (``configs/coco/instance-segmentation/fastinst_R50_ppm-fpn_x1_576.yaml`` family with
 ``DEC_LAYERS: 3`` and 640 test size). Configs load from YAML (optionally inheriting from a
-``_base_`` file), take dotted overrides (``model.decoder.num_layers=1``), are validated
-(unknown keys get a close-match suggestion, bad values name the key), and have a canonical
-hash that identifies a resolved config in the results database.
+``_base_`` file) or by an official release's model-zoo name (``fastinst.model_zoo``), take dotted
+overrides (``model.decoder.num_layers=1``), are validated (unknown keys get a close-match suggestion,
+bad values name the key), and have a canonical hash that identifies a resolved config in the results
+database.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 
+from fastinst import model_zoo
 from fastinst.registry import BACKBONES, DECODERS, PIXEL_DECODERS, QUERY_INITS, Registry
 
 # Registry-backed keys: the accepted values are the names declared in fastinst/registry.py.
@@ -373,9 +375,23 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
     return cfg
 
 
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` itself when it is a file or has a folder part, else the model-zoo config of that name
+    (e.g. ``fastinst_R50_ppm-fpn_x3_640``); a file that exists wins over a name."""
+    path = Path(path)
+    if path.is_file() or len(path.parts) > 1:
+        return path
+    try:
+        return model_zoo.get_config_file(path.name)
+    except KeyError:
+        raise ConfigError(f"unknown config {path.name!r}: not a file and not a model-zoo name "
+                          f"(known: {', '.join(model_zoo.names())})") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a config: defaults (``path=None``) or a YAML file, then dotted ``KEY=VALUE`` overrides."""
-    data = read_yaml(path) if path is not None else {}
+    """Load a config: defaults (``path=None``), a YAML file or a model-zoo name (``fastinst.model_zoo``),
+    then dotted ``KEY=VALUE`` overrides."""
+    data = read_yaml(resolve_config_path(path)) if path is not None else {}
     try:
         return config_from_dict(data, overrides)
     except ConfigError as exc:

@@ -242,7 +242,9 @@ def _evaluate_rows(db: Database, grid: str, metric: str, resamples: int, level: 
             record["note"] = f"{metric} undefined on this val set (no objects of that size)"
             continue
         interval = row_interval(full, resampled, level)
-        record.update(value=interval.estimate, value_lo=interval.low, value_hi=interval.high, note=interval.note)
+        top = METRICS[metric].scale  # AP is at most 1 (100%): the interval is clipped to [0, 100]
+        record.update(value=interval.estimate, value_lo=max(0.0, interval.low), value_hi=min(top, interval.high),
+                      note=interval.note)
         if base is None:
             continue
         if entry is base:

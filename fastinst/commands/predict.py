@@ -19,8 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "<out>/images.json + <out>/results.json (COCO format). Exit code 1 when some files failed.")
     p.add_argument("model", metavar="MODEL", help="config YAML, or an exported .onnx file (config and categories from its metadata)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image, video, folder or glob pattern")
-    p.add_argument("--weights", help="checkpoint (ours or the official layout), or an .onnx export of the config "
-                                      "(without: the random initialisation, for smoke tests)")
+    p.add_argument("--weights", help="checkpoint (ours or the official layout; a path or an http(s) URL, downloaded "
+                                      "once into $FASTINST_CACHE/weights, checked against a #sha256=HEX fragment), "
+                                      "or an .onnx export of the config (without: the random initialisation, "
+                                      "for smoke tests)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score", type=float, default=0.5, help="score threshold of drawn instances (default 0.5)")
     p.add_argument("--backend", help="eager, compile, cudagraph, onnxruntime, openvino (fastinst.deploy; "

@@ -144,7 +144,7 @@ def bootstrap_interval(matching: ImageMatching, resamples: int = 1000, level: fl
             out[name] = (float(values[0]), float("nan"), float("nan"))
         else:
             interval = row_interval(values[:1], defined[None, :], level)
-            out[name] = (float(values[0]), interval.low, interval.high)
+            out[name] = (float(values[0]), max(0.0, interval.low), min(1.0, interval.high))  # AP lies in [0, 1]
     return out
 
 

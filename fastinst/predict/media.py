@@ -1,8 +1,9 @@
 """Inputs and outputs of ``fastinst predict``: finding images and videos, decoding them, encoding a video.
 
-Images decode with Pillow (EXIF orientation applied), videos with PyAV (FFmpeg bundled in its
-wheels, so nothing is needed from the system). Every failure is a :class:`MediaError` whose
-one-line message names the file.
+Images decode with Pillow, videos with PyAV (FFmpeg bundled in its wheels, so nothing is needed from
+the system). Both come upright, as a viewer shows them: an image's EXIF orientation and a video's
+display matrix (rotation metadata) are applied. Every failure is a :class:`MediaError` whose one-line
+message names the file.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fastinst.predict.orientation import display_matrix, upright
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
@@ -66,7 +69,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 class VideoReader:
-    """Frames of a video file as ``(H, W, 3) uint8`` RGB arrays; ``fps`` and ``num_frames`` (0 when unknown)."""
+    """Frames of a video file as ``(H, W, 3) uint8`` RGB arrays, upright (its display matrix applied);
+    ``fps`` and ``num_frames`` (0 when unknown)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -87,7 +91,7 @@ class VideoReader:
     def __iter__(self) -> Iterator[np.ndarray]:
         try:
             for frame in self._container.decode(self._stream):
-                yield frame.to_ndarray(format="rgb24")
+                yield upright(frame.to_ndarray(format="rgb24"), display_matrix(frame))
         except av.FFmpegError as exc:
             raise MediaError(f"{self.path}: video decoding failed ({exc.strerror})") from None
 

@@ -17,6 +17,7 @@ import torch
 
 from fastinst.checkpoint import CheckpointError
 from fastinst.config import Config, load_config
+from fastinst.data.coco_classes import COCO_CLASSES, coco_categories
 from fastinst.data.transforms import EvalTransform, resize_masks
 from fastinst.deploy.backends import build_backend
 from fastinst.deploy.runtimes import RUNTIMES
@@ -46,16 +47,20 @@ class Prediction:
 
 
 def default_categories(num_classes: int) -> list[dict[str, Any]]:
-    """Categories of a model without dataset metadata: id = class index, name ``class N``."""
+    """Categories of a model whose weights carry none: COCO's 80 (original ids and names) for an 80-class
+    model, as the official checkpoints are; otherwise id = class index, name ``class N``."""
+    if num_classes == len(COCO_CLASSES):
+        return coco_categories()
     return [{"id": k, "name": f"class {k}"} for k in range(num_classes)]
 
 
 class Predictor:
     """Instance segmentation with one loaded model.
 
-    ``model``: a config (YAML path or ``Config``) used with ``weights`` (a checkpoint; ``None`` keeps the
-    random initialisation; an ``.onnx`` file selects ONNX Runtime and must be an export of this config),
-    or an exported ``.onnx`` file alone (its config and categories come from its metadata).
+    ``model``: a config (YAML path, model-zoo name or ``Config``) used with ``weights`` (a checkpoint;
+    ``None`` keeps the random initialisation; an ``.onnx`` file selects ONNX Runtime and must be an export
+    of this config), or an exported ``.onnx`` file alone (its config and categories come from its
+    metadata). Weights or an export without categories get ``default_categories`` (COCO's for 80 classes).
     ``backend`` defaults to ``onnxruntime`` for ONNX files and ``eager`` otherwise.
     """
 
