@@ -100,7 +100,9 @@ def _print_policy(db: Database, grid: str) -> None:
     for entry in state.added:
         print(f"  step {entry['step']}: seed {entry['seed']} added to {entry['row']} (run {entry['run_id']}): "
               f"{entry['reason']}")
-    print(f"  next step waits: {state.waiting}" if state.waiting else "  no step pending: every run has succeeded")
+    print(f"  next step waits: {state.waiting}" if state.waiting else
+          f"  every run has succeeded: the last one took the policy's step (rows still undecided with {p.max} "
+          f"seeds stay undecided; `runner compare {grid}` shows them)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

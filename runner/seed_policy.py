@@ -9,8 +9,7 @@ the run queued) and the runs are queued like the grid's own; ``runner status`` l
 stops when every comparison is decided or every undecided row (and the baseline) has ``max`` seeds.
 
 ``apply_seed_policy`` is called by a run's job after it stored its results (so the last run of a step
-starts the next), and by ``runner status``/``runner submit``; concurrent calls add a seed once (the
-unique (grid, row, seed) constraint).
+starts the next); concurrent calls add a seed once (the unique (grid, row, seed) constraint).
 """
 
 from __future__ import annotations
