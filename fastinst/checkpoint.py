@@ -51,9 +51,12 @@ class Checkpoint:
 def read_checkpoint(path: str | Path, sha256: str | None = None) -> Checkpoint:
     """The model state dict (official layout converted) and metadata of the weights file ``path`` (or
     URL, fetched into the cache); ``sha256`` (hex, or a prefix of 8+ digits) is checked when given."""
-    from fastinst.weights_cache import resolve_weights
+    from fastinst.weights_cache import DownloadError, resolve_weights
 
-    path = resolve_weights(path, sha256)
+    try:
+        path = resolve_weights(path, sha256)
+    except DownloadError as exc:
+        raise CheckpointError(str(exc)) from None
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     try:

@@ -6,7 +6,8 @@ The cache is ``$FASTINST_CACHE/weights`` (default ``~/.cache/fastinst/weights``,
 (else restarted), and the file takes its final name only when complete and verified, so a complete-looking
 file is always a complete one. The sha256 checked is, first found: the ``sha256`` argument, a
 ``#sha256=<hex>`` URL fragment, or torch hub's ``<name>-<hex>.<ext>`` hash prefix in the file name (8 or
-more hex digits, not all decimal). Every failure is a one-line :class:`~fastinst.checkpoint.CheckpointError`
+more hex digits, not all decimal). Every failure is a one-line :class:`DownloadError`
+(``fastinst.checkpoint`` reports it as a ``CheckpointError``)
 naming the URL.
 """
 
@@ -24,7 +25,10 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
-from fastinst.checkpoint import CheckpointError
+
+class DownloadError(ValueError):
+    """A weights URL cannot be fetched or verified; the message names the URL and the problem in one line."""
+
 
 ATTEMPTS = 5  # requests per download before a truncated transfer is an error
 TIMEOUT_S = 60.0  # socket timeout of each connect and read
@@ -63,7 +67,7 @@ def resolve_weights(path: str | Path, sha256: str | None = None) -> Path:
     if sha256 is not None and path.is_file():
         error = _sha256_error(path, str(path), _hex(sha256, str(path)))
         if error:
-            raise CheckpointError(error)
+            raise DownloadError(error)
     return path
 
 
@@ -82,7 +86,7 @@ def fetch(url: str, sha256: str | None = None, *, progress: bool = True) -> Path
     _download(base, partial, progress)
     if expected is not None and (error := _sha256_error(partial, base, expected)):
         partial.unlink()
-        raise CheckpointError(error)
+        raise DownloadError(error)
     os.replace(partial, dest)
     return dest
 
@@ -95,7 +99,7 @@ def cache_name(url: str) -> str:
 
 def _hex(value: str, what: str) -> str:
     if not _HEX.fullmatch(value.lower()):
-        raise CheckpointError(f"{what}: sha256 must be 8 to 64 hex digits, not {value!r}")
+        raise DownloadError(f"{what}: sha256 must be 8 to 64 hex digits, not {value!r}")
     return value.lower()
 
 
@@ -104,7 +108,7 @@ def _fragment_hash(fragment: str, url: str) -> str | None:
         return None
     key, _, value = fragment.partition("=")
     if key != "sha256":
-        raise CheckpointError(f"{url}: the only URL fragment understood is #sha256=<hex>")
+        raise DownloadError(f"{url}: the only URL fragment understood is #sha256=<hex>")
     return _hex(value, url)
 
 
@@ -133,11 +137,11 @@ def _download(url: str, partial: Path, progress: bool) -> None:
             if exc.code == 416 and have:  # Range Not Satisfiable: the partial file is stale
                 partial.unlink()
                 continue
-            raise CheckpointError(f"{url}: download failed: HTTP {exc.code} {exc.reason}") from None
+            raise DownloadError(f"{url}: download failed: HTTP {exc.code} {exc.reason}") from None
         except URLError as exc:
-            raise CheckpointError(f"{url}: cannot download ({exc.reason})") from None
+            raise DownloadError(f"{url}: cannot download ({exc.reason})") from None
         except (ValueError, http.client.InvalidURL) as exc:
-            raise CheckpointError(f"{url}: not a valid URL ({exc})") from None
+            raise DownloadError(f"{url}: not a valid URL ({exc})") from None
         except (OSError, http.client.HTTPException):  # connection lost mid-transfer: resume
             continue
         size = partial.stat().st_size
@@ -146,7 +150,7 @@ def _download(url: str, partial: Path, progress: bool) -> None:
         if size > expected:
             partial.unlink()
     size = partial.stat().st_size if partial.is_file() else 0
-    raise CheckpointError(f"{url}: download incomplete after {ATTEMPTS} attempts "
+    raise DownloadError(f"{url}: download incomplete after {ATTEMPTS} attempts "
                           f"({size} of {expected if expected is not None else 'unknown'} bytes)")
 
 

@@ -47,12 +47,23 @@ def _flat(data: dict, prefix: str = "") -> dict:
     return out
 
 
+# The download links of the official README (junjiehe96/FastInst, GitHub release v0.1.0).
+RELEASE_FILES = {name: f"https://github.com/junjiehe96/FastInst/releases/download/v0.1.0/{file}" for name, file in (
+    ("fastinst_R50_ppm-fpn_x1_576", "fastinst_R50_ppm-fpn_x1_576_34.9.pth"),
+    ("fastinst_R50_ppm-fpn_x3_640", "fastinst_R50_ppm-fpn_x3_640_37.9.pth"),
+    ("fastinst_R101_ppm-fpn_x3_640", "fastinst_R101_ppm-fpn_x3_640_38.9.pth"),
+    ("fastinst_R50-vd-dcn_ppm-fpn_x1_576", "fastinst_R50-vd-dcn_ppm-fpn_x1_576_37.4.pth"),
+    ("fastinst_R50-vd-dcn_ppm-fpn_x3_640", "fastinst_R50-vd-dcn_ppm-fpn_x3_640_40.1.pth"),
+)}
+
+
 def test_the_table_lists_each_official_release_once_with_its_figures() -> None:
     assert model_zoo.names() == list(OFFICIAL)
     for release in model_zoo.RELEASES:
         backbone, layers, size, params_m, ap, fps = OFFICIAL[release.name]
         assert (release.backbone, release.decoder_layers, release.test_size) == (BACKBONE_LABEL[backbone], layers, size)
-        assert (release.params_m, release.ap, release.fps, release.weights_url) == (params_m, ap, fps, None)
+        assert (release.params_m, release.ap, release.fps) == (params_m, ap, fps)
+        assert release.weights_url == RELEASE_FILES[release.name]
     assert sorted(p.stem for p in model_zoo.CONFIG_DIR.glob("*.yaml")) == sorted(OFFICIAL)
 
 

@@ -6,20 +6,23 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_predict import CONFIG, SETS, TINY
 
 from fastinst import build_model, cli, load_config
 from fastinst.checkpoint import CheckpointError, load_weights, read_checkpoint
+from fastinst.data.coco_classes import COCO_CLASSES
 from fastinst.data.synthetic import make_synthetic
-from fastinst.weights_cache import ATTEMPTS, cache_dir, cache_name, fetch
+from fastinst.weights_cache import ATTEMPTS, DownloadError, cache_dir, cache_name, fetch
 
 
 class _Server(ThreadingHTTPServer):
@@ -70,7 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[_Server]:
     srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
@@ -144,14 +147,14 @@ def test_a_wrong_checksum_is_one_line_and_leaves_nothing(server: _Server, cache:
     data, other = b"the published weights" * 100, b"something else"
     server.files["/m.pth"] = data
     url = server.url("/m.pth")
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(DownloadError) as info:
         fetch(f"{url}#sha256={_sha(other)}", progress=False)
     assert str(info.value) == f"{url}: sha256 mismatch: expected {_sha(other)}, got {_sha(data)}"
     assert not list(cache.iterdir())
     with pytest.raises(CheckpointError, match=rf"^{url}: sha256 mismatch: expected {_sha(other)[:10]}, got"):
         read_checkpoint(url, sha256=_sha(other)[:10])  # the Python API's argument; a prefix is enough
     assert not list(cache.iterdir())
-    with pytest.raises(CheckpointError, match="only URL fragment understood is #sha256="):
+    with pytest.raises(DownloadError, match="only URL fragment understood is #sha256="):
         fetch(f"{url}#md5=0123", progress=False)
 
 
@@ -162,7 +165,7 @@ def test_a_hash_prefix_in_the_file_name_is_checked(server: _Server) -> None:
         server.files[path] = data
     assert fetch(server.url(good), progress=False).read_bytes() == data
     assert fetch(server.url(dated), progress=False).read_bytes() == data  # all decimal: a date, not a hash
-    with pytest.raises(CheckpointError, match=r"resnet-deadbeef.pth: sha256 mismatch: expected deadbeef, got"):
+    with pytest.raises(DownloadError, match=r"resnet-deadbeef.pth: sha256 mismatch: expected deadbeef, got"):
         fetch(server.url(bad), progress=False)
 
 
@@ -192,7 +195,7 @@ def test_a_truncated_download_fails_after_retrying_with_no_complete_looking_file
     server.files["/t.pth"], server.cut["/t.pth"] = data, 100
     server.no_range.add("/t.pth")
     url = server.url("/t.pth")
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(DownloadError) as info:
         fetch(url, progress=False)
     assert str(info.value) == f"{url}: download incomplete after {ATTEMPTS} attempts (5000 of 10000 bytes)"
     assert len(server.requests) == ATTEMPTS
@@ -216,3 +219,72 @@ def test_predict_with_weights_by_url_end_to_end(server: _Server, tmp_path: Path,
     assert cli.main([*common, "--weights", missing]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"fastinst predict: {missing}: cannot download (") and err.count("\n") == 1
+
+
+def _detectron2_layout(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Our backbone keys in detectron2's names (the inverse of ``fastinst.convert``'s backbone rules), as
+    the numpy arrays detectron2's model-zoo pickles hold."""
+    rules = [(r"^backbone\.bn1\.", "backbone.stem.conv1.norm."), (r"^backbone\.conv1\.", "backbone.stem.conv1."),
+             (r"^backbone\.layer(\d)\.(\d+)\.downsample\.0\.", "backbone.res{s}.{1}.shortcut."),
+             (r"^backbone\.layer(\d)\.(\d+)\.downsample\.1\.", "backbone.res{s}.{1}.shortcut.norm."),
+             (r"^backbone\.layer(\d)\.(\d+)\.bn(\d)\.", "backbone.res{s}.{1}.conv{2}.norm."),
+             (r"^backbone\.layer(\d)\.(\d+)\.conv(\d)\.", "backbone.res{s}.{1}.conv{2}.")]
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in rules:
+            if (m := re.match(pattern, key)) is not None:
+                key = repl.format(*m.groups(), s=int(m.group(1)) + 1 if m.groups() else 0) + key[m.end():]
+                break
+        out[key] = value.numpy()
+    return out
+
+
+def _official_release(server: _Server) -> str:
+    """The official D3 R50 head weights (../shared/reference) with a random backbone, in a file written the
+    way detectron2 writes checkpoints (official keys, numpy arrays), served on loopback: its URL."""
+    reference = Path(__file__).resolve().parents[2] / "shared" / "reference" / "fastinst_r50_d3_head_reference.pt"
+    if not reference.is_file():
+        pytest.skip(f"{reference} is absent (CI has it under ../shared/reference)")
+    head = torch.load(reference, map_location="cpu", weights_only=True)["state_dict"]
+    torch.manual_seed(0)
+    backbone = {k: v for k, v in build_model(load_config("fastinst_R50_ppm-fpn_x3_640")).state_dict().items()
+                if k.startswith("backbone.")}
+    model = {**_detectron2_layout(backbone), **{k: v.float().numpy() for k, v in head.items()}}
+    buffer = io.BytesIO()
+    torch.save({"model": model, "__author__": "Detectron2 Model Zoo", "iteration": 0}, buffer)
+    server.files["/fastinst_R50_ppm-fpn_x3_640.pth"] = buffer.getvalue()
+    return server.url("/fastinst_R50_ppm-fpn_x3_640.pth")
+
+
+def _predict(model: str, tmp_path: Path, out: Path, *extra: str) -> tuple[list[dict], list[dict]]:
+    """``fastinst predict MODEL`` on one synthetic image: (images.json categories, results.json)."""
+    make_synthetic(tmp_path / "synth", num_train=0, num_val=1, size=160, seed=2, workers=1)
+    image = next((tmp_path / "synth" / "val").glob("*.png"))
+    assert cli.main(["predict", model, str(image), *extra, "--device", "cpu", "--no-progress", "--score", "0",
+                     "--out", str(out)]) == 0
+    assert (out / f"{image.stem}.png").is_file()
+    return json.loads((out / "images.json").read_text())["categories"], json.loads((out / "results.json").read_text())
+
+
+def test_model_zoo_name_with_the_official_head_by_url_predicts_coco_classes(server: _Server, tmp_path: Path) -> None:
+    """``fastinst predict fastinst_R50_ppm-fpn_x3_640 --weights http://…`` (``_official_release``) names
+    COCO's classes and ids in its overlays, images.json and results.json."""
+    categories, results = _predict("fastinst_R50_ppm-fpn_x3_640", tmp_path, tmp_path / "out", "--weights",
+                                   _official_release(server))
+    assert categories == [{"id": i, "name": n} for i, n in COCO_CLASSES]
+    assert len(results) == 100 and {r["category_id"] for r in results} <= {i for i, _n in COCO_CLASSES}
+
+
+@pytest.mark.slow
+def test_model_zoo_release_exported_to_onnx_predicts_the_same_classes(server: _Server, tmp_path: Path) -> None:
+    """The same release exported to ONNX (``fastinst export NAME --weights URL``) and run through ONNX
+    Runtime: the same COCO categories, and the same top detections' classes as the checkpoint."""
+    url = _official_release(server)
+    eager = _predict("fastinst_R50_ppm-fpn_x3_640", tmp_path, tmp_path / "eager", "--weights", url)
+    onnx_path = tmp_path / "release.onnx"
+    assert cli.main(["export", "fastinst_R50_ppm-fpn_x3_640", "--weights", url, "--format", "onnx",
+                     "--out", str(onnx_path)]) == 0
+    categories, results = _predict(str(onnx_path), tmp_path, tmp_path / "onnx")
+    assert categories == eager[0]
+    top = [(r["category_id"], round(r["score"], 3)) for r in sorted(results, key=lambda r: -r["score"])[:5]]
+    assert top == [(r["category_id"], round(r["score"], 3)) for r in sorted(eager[1], key=lambda r: -r["score"])[:5]]

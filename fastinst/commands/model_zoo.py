@@ -22,6 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     rows = [(r.name, r.backbone, r.decoder_layers, f"{r.test_size[0]}/{r.test_size[1]}", f"{r.ap:.1f}",
-             f"{r.fps:.1f}", f"{r.params_m}M", r.weights_url or "-") for r in RELEASES]
+             f"{r.fps:.1f}", f"{r.params_m}M", r.weights_url) for r in RELEASES]
     print(tabulate(rows, headers=HEADERS, disable_numparse=True))
     return 0

@@ -2,8 +2,9 @@
 
 A model-zoo name (e.g. ``fastinst_R50_ppm-fpn_x3_640``) works wherever a config path does:
 ``fastinst.config.load_config`` resolves it with :func:`get_config_file` when no such file exists.
-AP (COCO val) and FPS (one V100) are the official README's; params are its rounding to millions.
-The official weights' URLs are not recorded in this project's sources, so ``weights_url`` is None.
+AP (COCO val) and FPS (one V100) are the official README's; params are its rounding to millions;
+``weights_url`` is the release file the official README links (GitHub release v0.1.0 of
+junjiehe96/FastInst). No checksums are published, so none is checked.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ class Release:
     ap: float  # COCO val2017 mask AP
     fps: float  # one V100, FP32, batch 1
     params_m: int  # millions, rounded
-    weights_url: str | None = None
+
+    @property
+    def weights_url(self) -> str:
+        """The release file the official README links."""
+        return f"https://github.com/junjiehe96/FastInst/releases/download/v0.1.0/{self.name}_{self.ap}.pth"
 
 
 RELEASES: tuple[Release, ...] = (
