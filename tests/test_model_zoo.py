@@ -134,3 +134,26 @@ def test_predictor_names_coco_classes_unless_the_checkpoint_has_its_own(tmp_path
     assert pred.category_ids == [COCO_CLASSES[k][0] for k in pred.labels.tolist()]
     assert pred.names == [COCO_CLASSES[k][1] for k in pred.labels.tolist()]
     assert Predictor(CONFIG, own, device="cpu", overrides=TINY_80).categories == categories
+
+
+def test_eval_of_a_model_zoo_config_on_a_coco_layout_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``fastinst eval NAME --weights W --data DIR`` on a COCO-layout folder with COCO's 80 categories (a
+    synthetic set relabelled), with the AP's image-bootstrap interval."""
+    from fastinst.data.synthetic import make_synthetic
+
+    make_synthetic(tmp_path / "coco", num_train=0, num_val=2, size=96, seed=1, workers=1)
+    ann_path = tmp_path / "coco" / "annotations" / "instances_val.json"
+    ann = json.loads(ann_path.read_text())
+    to_coco = {c["id"]: cid for c, (cid, _name) in zip(ann["categories"], COCO_CLASSES)}
+    ann["categories"] = coco_categories()
+    for a in ann["annotations"]:
+        a["category_id"] = to_coco[a["category_id"]]
+    ann_path.write_text(json.dumps(ann))
+    name = "fastinst_R50_ppm-fpn_x1_576"
+    torch.manual_seed(0)
+    weights = tmp_path / "random.pth"
+    torch.save(build_model(load_config(name)).state_dict(), weights)
+    assert cli.main(["eval", name, "--weights", str(weights), "--data", str(tmp_path / "coco"), "--device", "cpu",
+                     "--bootstrap", "20", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["num_images"] == 2 and 0 <= metrics["AP"] <= 1 and len(metrics["AP_ci"]) == 2

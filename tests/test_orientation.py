@@ -112,3 +112,19 @@ def test_predictions_and_output_video_of_rotated_inputs_are_upright(tmp_path: Pa
     with av.open(str(tmp_path / "out" / "portrait.mp4")) as container:
         stream = container.streams.video[0]
         assert stream.height * 32 == stream.width * 48  # upright, enlarged by a whole factor
+
+
+def test_datasets_read_images_upright_as_detectron2_does(tmp_path: Path) -> None:
+    """Training and evaluation (``CocoInstanceDataset``) apply EXIF orientation too: a photo stored
+    rotated (orientation 6) is read as the upright image its annotation's size describes."""
+    from fastinst.data.coco import CocoInstanceDataset
+
+    upright = _shape(48, 64)
+    (tmp_path / "val").mkdir()
+    _write_image(tmp_path / "val" / "p.png", STORED[6](upright), 6)
+    ann = {"images": [{"id": 1, "file_name": "p.png", "height": 48, "width": 64}], "categories": [{"id": 1, "name": "a"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 32, 12], "area": 384,
+                            "iscrowd": 0, "segmentation": [[0, 0, 32, 0, 32, 12, 0, 12]]}]}
+    (tmp_path / "val.json").write_text(json.dumps(ann))
+    item = CocoInstanceDataset(tmp_path / "val.json", tmp_path / "val")[0]
+    assert torch.equal(item["image"], torch.from_numpy(upright).permute(2, 0, 1).float())

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
@@ -115,10 +115,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{self.json_path}: {len(missing)} image file(s) missing in {self.image_dir}: {shown}")
 
     def _read_image(self, info: dict[str, Any]) -> torch.Tensor:
-        """(3, H, W) float32 RGB 0-255."""
+        """(3, H, W) float32 RGB 0-255, EXIF orientation applied (as detectron2 reads images)."""
         path = self.image_dir / info["file_name"]
         with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
+            array = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
         if array.shape[:2] != (info["height"], info["width"]):
             raise DatasetError(f"{path}: image is {array.shape[1]}x{array.shape[0]} but {self.json_path} "
                                f"says {info['width']}x{info['height']}")

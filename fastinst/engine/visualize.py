@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
@@ -110,7 +110,8 @@ def write_prediction_images(coco_gt: COCO, image_dir: str | Path, predictions: l
     written = []
     for image_id in image_ids:
         info = coco_gt.imgs[image_id]
-        image = np.asarray(Image.open(Path(image_dir) / info["file_name"]).convert("RGB"))
+        with Image.open(Path(image_dir) / info["file_name"]) as stored:
+            image = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"))
         anns = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
         gt = draw_instances(image, [coco_gt.annToMask(a).astype(bool) for a in anns],
                             [names[a["category_id"]] for a in anns])
