@@ -239,13 +239,10 @@ def _detectron2_layout(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return out
 
 
-def _official_release(server: _Server) -> str:
-    """The official D3 R50 head weights (../shared/reference) with a random backbone, in a file written the
-    way detectron2 writes checkpoints (official keys, numpy arrays), served on loopback: its URL."""
-    reference = Path(__file__).resolve().parents[2] / "shared" / "reference" / "fastinst_r50_d3_head_reference.pt"
-    if not reference.is_file():
-        pytest.skip(f"{reference} is absent (CI has it under ../shared/reference)")
-    head = torch.load(reference, map_location="cpu", weights_only=True)["state_dict"]
+def _official_release(server: _Server, reference: dict) -> str:
+    """The official D3 R50 head weights (``reference``: ../shared/reference) with a random backbone, in a file
+    written the way detectron2 writes checkpoints (official keys, numpy arrays), served on loopback: its URL."""
+    head = reference["state_dict"]
     torch.manual_seed(0)
     backbone = {k: v for k, v in build_model(load_config("fastinst_R50_ppm-fpn_x3_640")).state_dict().items()
                 if k.startswith("backbone.")}
@@ -266,20 +263,22 @@ def _predict(model: str, tmp_path: Path, out: Path, *extra: str) -> tuple[list[d
     return json.loads((out / "images.json").read_text())["categories"], json.loads((out / "results.json").read_text())
 
 
-def test_model_zoo_name_with_the_official_head_by_url_predicts_coco_classes(server: _Server, tmp_path: Path) -> None:
+def test_model_zoo_name_with_the_official_head_by_url_predicts_coco_classes(server: _Server, tmp_path: Path,
+                                                                           reference: dict) -> None:
     """``fastinst predict fastinst_R50_ppm-fpn_x3_640 --weights http://…`` (``_official_release``) names
     COCO's classes and ids in its overlays, images.json and results.json."""
     categories, results = _predict("fastinst_R50_ppm-fpn_x3_640", tmp_path, tmp_path / "out", "--weights",
-                                   _official_release(server))
+                                   _official_release(server, reference))
     assert categories == [{"id": i, "name": n} for i, n in COCO_CLASSES]
     assert len(results) == 100 and {r["category_id"] for r in results} <= {i for i, _n in COCO_CLASSES}
 
 
 @pytest.mark.slow
-def test_model_zoo_release_exported_to_onnx_predicts_the_same_classes(server: _Server, tmp_path: Path) -> None:
+def test_model_zoo_release_exported_to_onnx_predicts_the_same_classes(server: _Server, tmp_path: Path,
+                                                                     reference: dict) -> None:
     """The same release exported to ONNX (``fastinst export NAME --weights URL``) and run through ONNX
     Runtime: the same COCO categories, and the same top detections' classes as the checkpoint."""
-    url = _official_release(server)
+    url = _official_release(server, reference)
     eager = _predict("fastinst_R50_ppm-fpn_x3_640", tmp_path, tmp_path / "eager", "--weights", url)
     onnx_path = tmp_path / "release.onnx"
     assert cli.main(["export", "fastinst_R50_ppm-fpn_x3_640", "--weights", url, "--format", "onnx",
