@@ -157,6 +157,23 @@ def test_instance_inference() -> None:
     assert torch.all(out["scores"][:-1] >= out["scores"][1:])
 
 
+@pytest.mark.parametrize(("sizes", "output_sizes"), [([(96, 128)], None),
+                                                      ([(80, 100), (64, 120)], [(160, 200), (50, 93)])])
+def test_resize_order_gives_the_same_instances(sizes: list[tuple[int, int]],
+                                               output_sizes: list[tuple[int, int]] | None) -> None:
+    """Top-k first (inference) and every mask resized first (the official order, FLOP counts): equal outputs."""
+    torch.manual_seed(0)
+    model = fastinst.build_model(fastinst.load_config(None, [*SMALL, "model.hidden_dim=64"])).eval()
+    images = [torch.rand(3, h, w) * 255 for h, w in sizes]
+    with torch.no_grad():
+        fast = model(images, output_sizes=output_sizes)
+        official = model(images, output_sizes=output_sizes, resize_all_masks=True)
+    for a, b in zip(fast, official, strict=True):
+        assert a.keys() == b.keys() and a["masks"].any()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
 def test_default_model_eval_outputs() -> None:
     model = fastinst.build_model(fastinst.load_config(None, [])).eval()
     with torch.no_grad():

@@ -16,14 +16,14 @@ def count_parameters(model: nn.Module) -> int:
 
 def count_flops(model: nn.Module, images: list[torch.Tensor],
                 output_sizes: list[tuple[int, int]] | None = None) -> FlopCounter:
-    """FLOPs of one eval-mode ``model(images)`` call, post-processing (masks resized to
-    ``output_sizes``, default the input sizes) included."""
+    """FLOPs of one eval-mode ``model(images)`` call, post-processing included as the official code
+    runs it: every query's mask resized to ``output_sizes`` (default the input sizes), then the top-k."""
     model.eval()
     scopes = {name: getattr(model, name) for name in ("backbone", "pixel_decoder", "decoder")
               if hasattr(model, name)}
     counter = FlopCounter()
     with torch.no_grad(), counter.track(scopes), counter:
-        model(images, output_sizes=output_sizes)
+        model(images, output_sizes=output_sizes, resize_all_masks=True)
     return counter
 
 

@@ -18,7 +18,9 @@ from fastinst.registry import DECODERS, PIXEL_DECODERS
 
 class FastInst(nn.Module):
     """The full model. Eval: ``model(images)`` → per image ``scores (k,)``, ``labels (k,)``,
-    ``masks (k, H, W) bool``. Train: ``model(images, targets)`` → dict of weighted losses."""
+    ``masks (k, H, W) bool``; ``resize_all_masks=True`` resizes every query's mask before the top-k
+    (the official order, which FLOP counts follow; same outputs, slower). Train:
+    ``model(images, targets)`` → dict of weighted losses."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
@@ -64,7 +66,7 @@ class FastInst(nn.Module):
         return batch, sizes
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None,
-                output_sizes: list[tuple[int, int]] | None = None):
+                output_sizes: list[tuple[int, int]] | None = None, resize_all_masks: bool = False):
         batch, sizes = self.preprocess(images)
         padded = (batch.shape[-2], batch.shape[-1])
         if self.training:
@@ -78,7 +80,8 @@ class FastInst(nn.Module):
         for i, size in enumerate(sizes):
             out_size = output_sizes[i] if output_sizes is not None else size
             resize = partial(resize_mask_logits, padded_size=padded, image_size=size, output_size=out_size)
-            results.append(instance_inference(out["pred_logits"][i], out["pred_masks"][i], self.top_k, resize))
+            results.append(instance_inference(out["pred_logits"][i], out["pred_masks"][i], self.top_k, resize,
+                                              resize_all=resize_all_masks))
         return results
 
     def _pad_target(self, target: dict, padded: tuple[int, int]) -> dict:

@@ -23,18 +23,22 @@ def resize_mask_logits(mask_logits: Tensor, padded_size: tuple[int, int], image_
 
 
 def instance_inference(class_logits: Tensor, mask_logits: Tensor, top_k: int,
-                       resize: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+                       resize: Callable[[Tensor], Tensor] | None = None,
+                       resize_all: bool = False) -> dict[str, Tensor]:
     """``class_logits (Q, K+1)``, ``mask_logits (Q, H, W)`` at output size → ``scores (k,)``,
     ``labels (k,)``, ``masks (k, H, W) bool``, ``class_scores (k,)``, ``topk_index (k,)`` (into Q·K),
     sorted by score. With ``resize``, ``mask_logits`` may be at any size: the k selected ``(k, h, w)``
     are resized to output size after selection (a per-mask resize, so the values are the same as
-    resizing all Q first; only the gather moves to the small maps)."""
+    resizing all Q first; only the gather moves to the small maps). ``resize_all`` resizes all Q
+    ``(Q, h, w)`` before selecting, in the official order: same outputs, the official FLOP count."""
     num_classes = class_logits.shape[-1] - 1
     probs = class_logits.softmax(-1)[:, :-1].flatten()
     class_scores, topk_index = probs.topk(min(top_k, probs.numel()))
     labels = topk_index % num_classes
+    if resize is not None and resize_all:
+        mask_logits = resize(mask_logits)
     masks = mask_logits[torch.div(topk_index, num_classes, rounding_mode="floor")]
-    if resize is not None:
+    if resize is not None and not resize_all:
         masks = resize(masks)
     binary = masks > 0
     # One bool→float cast serves both sums (a float32 count is exact below 2^24 pixels per mask).
