@@ -21,9 +21,9 @@ from fastinst.config import ConfigError
 from fastinst.data import DatasetError
 from fastinst.grid import COMPARABLE_METRICS, SPEED_DEVICES, SPEED_DTYPES, GridError, SpeedSetting
 from runner import queue
+from runner.child import DEFAULT_RUNS_DIR
 from runner.db import REPO_ROOT, Database, init_db, resolve_url
 from runner.errors import RunnerInputError
-from runner.job import DEFAULT_RUNS_DIR
 from runner.stages import load_grid
 
 

@@ -222,7 +222,7 @@ METRIC_COLUMNS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100", "params
 
 
 class SpeedMeasurement(Base):
-    """One timed measurement of a run's model (``fastinst.engine.bench`` protocol) on one device.
+    """One timed measurement of a run's model (``fastinst.deploy.bench`` protocol) on one device.
 
     Re-measuring adds a row; readers pick the newest row per (run, device, dtype, backend)."""
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import queue
+from runner.child import run_dir_for
 from runner.db import REPO_ROOT, Database
 from runner.errors import RunnerInputError
-from runner.job import run_dir_for
 
 log = logging.getLogger("runner.executor")
 

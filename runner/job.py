@@ -10,17 +10,13 @@ metrics, artifacts and ``succeeded`` in one transaction guarded by the claim tok
 
 from __future__ import annotations
 
-import argparse
-import ctypes
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from datetime import timezone
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +25,7 @@ from typing import Any
 from fastinst.config import config_from_dict
 from fastinst.engine.records import EvalRecord, RecordError, parse_record
 from runner import queue
+from runner.child import DEFAULT_RUNS_DIR, child_main, failed_attempt, run_dir_for, speed_row
 from runner.db import (
     REPO_ROOT,
     SUCCEEDED,
@@ -39,18 +36,11 @@ from runner.db import (
     SpeedMeasurement,
     TrainRecord,
     host_name,
-    resolve_url,
     utcnow,
 )
-from runner.errors import RunnerInputError
 from runner.stages import STAGES, JobContext
 
-DEFAULT_RUNS_DIR = REPO_ROOT / "runs"
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pycocotools", "sqlalchemy", "fastinst-lab")
-
-
-def run_dir_for(runs_dir: str | Path, grid: str, run_id: int) -> Path:
-    return Path(runs_dir) / grid / str(run_id)
 
 
 # --------------------------------------------------------------------------- results
@@ -71,21 +61,6 @@ def metrics_row(run_id: int, results: dict[str, dict[str, Any]], timings: dict[s
             extra[stage] = rest
     row.extra = json.loads(json.dumps(extra, default=str))
     return row
-
-
-def speed_row(run_id: int, result: dict[str, Any], source: str) -> SpeedMeasurement:
-    """Map one ``fastinst.engine.bench.bench`` result onto a ``speed`` row (``source``: "stage" | "measure")."""
-    latency = {k: float(result[f"{k}_ms"]) for k in ("mean", "median", "p90", "p99") if f"{k}_ms" in result}
-    packages = {k: result[k] for k in ("torch", "torchvision") if k in result}
-    extra = {k: result[k] for k in ("fps_repeats", "test_size", "weights") if k in result}
-    return SpeedMeasurement(
-        run_id=run_id, device_type=str(result["device_type"]), device=str(result["device"]),
-        dtype=str(result["dtype"]), backend=str(result.get("backend", "eager")), fps=float(result["fps"]),
-        fps_min=float(result["fps_min"]), fps_max=float(result["fps_max"]), latency_ms=latency,
-        repeats=int(result["repeats"]), images=int(result["num_images"]), warmup=int(result["warmup"]),
-        threads=int(result["threads"]), host=str(result["host"]), packages=packages,
-        concurrent=list(result.get("concurrent", [])), source=source, extra=json.loads(json.dumps(extra, default=str)),
-    )
 
 
 def speed_rows(run_id: int, results: dict[str, dict[str, Any]]) -> list[SpeedMeasurement]:
@@ -164,7 +139,7 @@ def package_versions() -> dict[str, str]:
 
 def visible_devices() -> str:
     """``cpu``, or the visible CUDA devices (with the GPU's name when torch is already loaded): the
-    ``runs.device`` text. (The device a speed row was timed on is ``fastinst.engine.bench.device_name``.)"""
+    ``runs.device`` text. (The device a speed row was timed on is ``fastinst.deploy.bench.device_name``.)"""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     if not visible:
         return "cpu"
@@ -172,17 +147,6 @@ def visible_devices() -> str:
     if torch is not None and torch.cuda.is_available():
         return f"cuda:{visible} ({torch.cuda.get_device_name(0)})"
     return f"cuda:{visible}"
-
-
-def die_with_parent(parent_pid: int | None) -> None:
-    """On Linux, get SIGKILL when the worker dies, so an orphaned job never keeps running."""
-    if parent_pid is None or not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the worker died before prctl took effect
-        os._exit(1)
 
 
 # --------------------------------------------------------------------------- main
@@ -241,25 +205,6 @@ def next_seeds(db: Database, grid: str) -> None:
               f"{entry['reason']}", flush=True)
 
 
-def failed_attempt(db: Database, exc: Exception, job_id: int, token: str, kind: str, record: bool = True) -> int:
-    """A job's exit code after ``exc``: 3 when its claim was lost (someone else owns the job now), else 1
-    after recording the failed attempt (requeued or failed). The project's input errors (a broken
-    checkpoint, config or dataset) are stored as their one-line message; anything else with its traceback."""
-    if isinstance(exc, queue.LostClaim):
-        print(f"stopping: {exc}", flush=True)
-        return 3
-    from fastinst.checkpoint import CheckpointError
-    from fastinst.config import ConfigError
-    from fastinst.data import DatasetError
-
-    user_error = isinstance(exc, (CheckpointError, ConfigError, DatasetError, RunnerInputError))
-    error = f"{type(exc).__name__}: {exc}" if user_error else traceback.format_exc()
-    print(error, file=sys.stderr, flush=True)
-    if record:
-        print(f"{kind} {job_id}: attempt failed, now {queue.fail(db, job_id, token, error, kind=kind)}", flush=True)
-    return 1
-
-
 def _load(s: Any, run_id: int) -> dict[str, Any]:
     run = s.get(Run, run_id)
     if run is None:
@@ -301,31 +246,6 @@ def _store(s: Any, run_id: int, token: str, ctx: JobContext, timings: dict[str, 
                                   source="stage")
     run.device = visible_devices()
     run.status, run.finished_at, run.claim_token = SUCCEEDED, utcnow(), None
-
-
-def child_main(argv: list[str] | None, prog: str, id_name: str, description: str,
-               body: Callable[[Database, list[tuple[int, str]], str], int], many: bool = False) -> int:
-    """A worker's child process (``runner.job``, ``runner.measure``): ``body(db, [(id, token), ...],
-    runs_dir)`` with the claim tokens from ``$FASTINST_RUN_TOKEN`` (comma-separated in id order; ``many``:
-    several ids), dying with the worker that started it."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument(id_name, type=int, nargs="+" if many else None)
-    parser.add_argument("--db", help="database URL (default: $FASTINST_DB, then sqlite:///<repo>/results.db)")
-    parser.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR))
-    parser.add_argument("--token", default=os.environ.get("FASTINST_RUN_TOKEN"),
-                        help="claim token(s), comma-separated in id order (default: $FASTINST_RUN_TOKEN)")
-    args = parser.parse_args(argv)
-    parent = os.environ.get("FASTINST_WORKER_PID")
-    die_with_parent(int(parent) if parent else None)
-    ids = getattr(args, id_name) if many else [getattr(args, id_name)]
-    tokens = args.token.split(",") if args.token else []
-    if len(tokens) != len(ids):
-        parser.error(f"{len(ids)} id(s) need as many claim tokens (--token or $FASTINST_RUN_TOKEN)")
-    db = Database(resolve_url(args.db))
-    try:
-        return body(db, list(zip(ids, tokens)), args.runs_dir)
-    finally:
-        db.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """The measurement phase: timing runs' models alone on their host, stored as ``speed`` rows.
 
-Two ways in, one protocol (``fastinst.engine.bench``: batch 1, warm-up, ``repeats`` passes over the
+Two ways in, one protocol (``fastinst.deploy.bench``: batch 1, warm-up, ``repeats`` passes over the
 first ``images`` val images, median FPS with its min/max):
 
 - a run's ``bench`` stage: when the run's compute stages succeed, the job queues a measurement job
@@ -15,7 +15,7 @@ first ``images`` val images, median FPS with its min/max):
 
 **Interleaved** (several jobs timed together: ``measure_together``): the models are all built and
 warmed up first, then timed in ``repeats`` rounds, one pass each per round, the order rotating by one
-each round (``fastinst.engine.bench.bench_interleaved``), so the machine's drift and position effects
+each round (``fastinst.deploy.bench.bench_interleaved``), so the machine's drift and position effects
 fall on every run alike. Each job still stores its own row: FPS is the median over its rounds,
 ``extra["fps_repeats"]`` its per-round FPS in round order, and ``extra["interleave"] = {"group": hex
 id shared by the group's rows, "runs": [run ids, in entry order], "position": [its place in each
@@ -50,6 +50,7 @@ from fastinst.checkpoint import CheckpointError
 from fastinst.config import config_from_dict
 from fastinst.data import DatasetError
 from runner import queue
+from runner.child import DEFAULT_RUNS_DIR, child_main, failed_attempt, run_dir_for, speed_row
 from runner.db import (
     SUCCEEDED,
     Artifact,
@@ -61,7 +62,6 @@ from runner.db import (
     utcnow,
 )
 from runner.errors import RunnerInputError
-from runner.job import DEFAULT_RUNS_DIR, child_main, failed_attempt, run_dir_for, speed_row
 from runner.results import reference_speed
 from runner.stages import STAGES, BenchOptions, JobContext
 
@@ -119,7 +119,7 @@ def measure_together(ctxs: Sequence[JobContext]) -> list[dict[str, Any]]:
     (module docstring) and store each job's ``speed`` row, all in one transaction. Per job, in order:
     ``{speed_id, fps, fps_min, fps_max, concurrent}``, or ``{"error": exc}`` when its weights could
     not be used (``CheckpointError``) or its claim was lost (``queue.LostClaim``): the caller records it."""
-    from fastinst.engine.bench import BenchEntry, bench_interleaved
+    from fastinst.deploy.bench import BenchEntry, bench_interleaved
 
     targets = [_target(ctx) for ctx in ctxs]
     first = targets[0]
@@ -160,15 +160,6 @@ def measure_together(ctxs: Sequence[JobContext]) -> list[dict[str, Any]]:
         return out
 
     return first.db.write(_store)
-
-
-def run_bench_stage(ctx: JobContext) -> dict[str, Any]:
-    """The ``bench`` stage: time ``ctx``'s model as measurement job ``ctx.measure`` alone and store its
-    ``speed`` row; returns ``{speed_id, fps, fps_min, fps_max, concurrent}``."""
-    result = measure_together([ctx])[0]
-    if "error" in result:
-        raise result["error"]
-    return result
 
 
 def _context(s: Session, job_id: int) -> dict[str, Any]:
@@ -358,7 +349,7 @@ def measure_grid(db: Database, grid: str, *, device: str | None = None, dtype: s
     its reason, and nothing stored is changed except the new rows and their jobs.
     """
     from fastinst.deploy.backends import BACKENDS
-    from fastinst.engine.bench import DTYPES
+    from fastinst.engine.precision import DTYPES
 
     if dtype is not None and dtype not in DTYPES:
         raise RunnerInputError(f"--dtype {dtype!r}: choose from {list(DTYPES)}")

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from runner import queue
+from runner.child import DEFAULT_RUNS_DIR
 from runner.db import Database, safe_url
 from runner.executor import Executor, Handle, job_command, job_env, log_path_for
-from runner.job import DEFAULT_RUNS_DIR
 
 log = logging.getLogger("runner.ray")
 

@@ -9,7 +9,9 @@ errors naming the file, line and key. A job gets the options with their defaults
 What a stage produces: ``metrics`` (columns of the ``metrics`` table it fills; everything else in
 its result goes to ``metrics.extra[stage]``), ``artifacts`` (kinds of files it records) and
 ``speed`` (it yields speed measurements). ``exclusive`` stages time something and must run alone
-on their host; ``runs_alone`` stages cannot be combined with other stages in one grid.
+on their host: they have no run function here; the job queues them as a measurement job that
+``runner.measure`` (a layer above this registry) runs. ``runs_alone`` stages cannot be combined with
+other stages in one grid.
 """
 
 from __future__ import annotations
@@ -189,13 +191,6 @@ def stage_analyze(ctx: JobContext) -> dict[str, Any]:
     return analyze(ctx.cfg, size=opts.size) if opts.size else analyze(ctx.cfg)
 
 
-def stage_bench(ctx: JobContext) -> dict[str, Any]:
-    """Timing and its speed row are the measurement phase's (``runner.measure``)."""
-    from runner.measure import run_bench_stage
-
-    return run_bench_stage(ctx)
-
-
 def stage_noop(ctx: JobContext) -> dict[str, Any]:
     """No work: for queue tests and overhead benchmarks (optionally sleeps, fails, emits records, and
     reports the ``metrics`` it is given; ``fps`` among them comes back as a ``speed`` entry)."""
@@ -224,7 +219,7 @@ class Stage:
     """One stage: its run function and options type, and what it needs and produces (module docstring)."""
 
     name: str
-    run: Callable[[JobContext], dict[str, Any]]
+    run: Callable[[JobContext], dict[str, Any]] | None  # None: exclusive, run by ``runner.measure``
     options: type
     needs_data: bool
     metrics: tuple[str, ...] = ()
@@ -262,7 +257,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("train", stage_train, TrainOptions, needs_data=True, artifacts=("checkpoint", "records")),
     Stage("eval", stage_eval, EvalOptions, needs_data=True, metrics=EVAL_KEYS, artifacts=("matching", "predictions")),
     Stage("analyze", stage_analyze, AnalyzeOptions, needs_data=False, metrics=ANALYZE_KEYS),
-    Stage("bench", stage_bench, BenchOptions, needs_data=True, speed=True, exclusive=True),
+    Stage("bench", None, BenchOptions, needs_data=True, speed=True, exclusive=True),
     Stage("noop", stage_noop, NoopOptions, needs_data=False, metrics=(*EVAL_KEYS, *ANALYZE_KEYS), speed=True,
           runs_alone=True),
 )}

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from runner import queue
+from runner.child import DEFAULT_RUNS_DIR
 from runner.db import Database, host_name
 from runner.executor import Executor, Handle, job_command, job_env, log_path_for
-from runner.job import DEFAULT_RUNS_DIR
 
 log = logging.getLogger("runner.worker")
 

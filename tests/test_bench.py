@@ -13,7 +13,7 @@ from fastinst.cli import main
 from fastinst.config import config_from_dict
 from fastinst.data.spec import DataSpec
 from fastinst.data.synthetic import make_synthetic
-from fastinst.engine.bench import bench, speed_summary
+from fastinst.deploy.bench import bench, speed_summary
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from fastinst.config import config_from_dict, load_config
 from fastinst.deploy.backends import build_backend
 from fastinst.deploy.compare import parity
 from fastinst.deploy.onnx_export import OPSET, export_onnx, min_side
+from fastinst.deploy.onnx_meta import OnnxModelError
 from fastinst.deploy.reference import reference_checkpoint
-from fastinst.predict.onnx_meta import OnnxModelError
 
 CFG = config_from_dict(TINY)
 CATEGORIES = [{"id": 3 * i + 1, "name": f"shape{i}"} for i in range(4)]

@@ -19,9 +19,9 @@ from pycocotools.coco import COCO
 from fastinst import Predictor, build_model, cli, load_config
 from fastinst.checkpoint import CheckpointError
 from fastinst.data.synthetic import make_synthetic
+from fastinst.deploy.onnx_meta import OnnxModelError
 from fastinst.engine.visualize import draw_predictions
 from fastinst.predict.media import MediaError, collect_inputs
-from fastinst.predict.onnx_meta import OnnxModelError
 
 CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "cpu_tiny.yaml"
 TINY = ["model.num_classes=4", "model.backbone.name=resnet18", "model.hidden_dim=64",

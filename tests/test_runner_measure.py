@@ -25,8 +25,8 @@ from fastinst.checkpoint import CheckpointError
 from fastinst.config import config_from_dict
 from fastinst.data.spec import DataSpec
 from fastinst.data.synthetic import make_synthetic
-from fastinst.engine import bench as bench_module
-from fastinst.engine.bench import BenchEntry, bench_interleaved, rotation
+from fastinst.deploy import bench as bench_module
+from fastinst.deploy.bench import BenchEntry, bench_interleaved, rotation
 from runner import cli, queue
 from runner.db import (
     CANCELLED,

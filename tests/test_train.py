@@ -19,8 +19,8 @@ from fastinst.cli import main
 from fastinst.config import Config, config_from_dict, load_config
 from fastinst.data.spec import DataSpec
 from fastinst.data.synthetic import make_synthetic
+from fastinst.deploy.bench import bench
 from fastinst.engine import train as train_module
-from fastinst.engine.bench import bench
 from fastinst.engine.records import EvalRecord, RecordError, StepRecord, parse_record
 from fastinst.engine.train import (
     NonFiniteLossError,

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fastinst import load_config
     from fastinst.commands.evaluate import data_spec
-    from fastinst.engine.bench import bench
+    from fastinst.deploy.bench import bench
 
     cfg = load_config(args.config, args.overrides)
     try:
@@ -70,9 +70,9 @@ def _compare(cfg: Config, args: argparse.Namespace) -> int:
 
     from fastinst.commands.evaluate import data_spec
     from fastinst.deploy.backends import pick_device
+    from fastinst.deploy.bench import device_name, load_images
     from fastinst.deploy.compare import compare, default_variants, variant_builder
     from fastinst.deploy.report import format_table
-    from fastinst.engine.bench import device_name, load_images
 
     device = pick_device(args.device)
     samples = load_images(cfg, data_spec(args), args.images)

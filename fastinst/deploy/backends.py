@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from fastinst.config import Config
-from fastinst.engine.bench import DTYPES
+from fastinst.engine.precision import DTYPES
 
 Result = dict[str, Tensor]
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from fastinst.config import Config
 from fastinst.deploy.backends import Backend, Result
-from fastinst.engine.bench import cpu_has_bf16
+from fastinst.engine.precision import cpu_has_bf16
 
 Sample = tuple[Tensor, tuple[int, int]]
 

@@ -62,7 +62,7 @@ def export_model(model: torch.nn.Module, cfg: Config, categories: list[dict[str,
     """Export the eval-mode CPU float32 ``model`` of ``cfg`` (left unchanged) to ``out``, with metadata."""
     import onnx
 
-    from fastinst.predict.onnx_meta import CATEGORIES_KEY, CONFIG_KEY
+    from fastinst.deploy.onnx_meta import CATEGORIES_KEY, CONFIG_KEY
 
     out = Path(out)
     exported = copy.deepcopy(model)

@@ -46,7 +46,7 @@ def resolve_onnx(cfg: Config, weights: str | Path | None, onnx_path: str | Path 
                  ) -> tuple[Path, list[dict[str, Any]] | None, Any]:
     """The ONNX file to run (checked against ``cfg``), its categories, and a temporary directory to keep alive
     (when it was exported here from ``cfg`` and ``weights``)."""
-    from fastinst.predict.onnx_meta import check_onnx_matches, read_onnx_metadata
+    from fastinst.deploy.onnx_meta import check_onnx_matches, read_onnx_metadata
 
     if onnx_path is not None:
         meta = read_onnx_metadata(onnx_path)

@@ -36,8 +36,8 @@ from fastinst.config import Config, ConfigError
 from fastinst.data.coco import CocoInstanceDataset
 from fastinst.data.spec import DataSpec
 from fastinst.data.transforms import EvalTransform, TrainTransform, build_train_loader
-from fastinst.engine.bench import cpu_has_bf16
 from fastinst.engine.evaluate import check_num_classes, coco_evaluate, run_inference
+from fastinst.engine.precision import cpu_has_bf16
 from fastinst.engine.records import EvalRecord, StepRecord
 
 logger = logging.getLogger(__name__)

@@ -38,14 +38,8 @@ from fastinst.config import Config
 from fastinst.data.coco import CocoInstanceDataset
 from fastinst.data.spec import DataSpec
 from fastinst.data.transforms import EvalTransform
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: oneDNN's bf16 kernels run natively (``torch.cpu`` private probes)."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(probe is not None and probe() for probe in probes)
+from fastinst.deploy.backends import build_backend
+from fastinst.engine.precision import DTYPES
 
 
 def device_name(device: torch.device) -> str:
@@ -136,8 +130,6 @@ def bench(cfg: Config, weights: str | Path | None, data: DataSpec, images: int =
     """FPS and latency of ``cfg`` (with ``weights``; ``None``: as initialised, the speed is the same)
     over the first ``images`` val images of ``data``, ``repeats`` times (see the module docstring),
     run by the ``fastinst.deploy`` backend ``backend`` (``onnx_path``: its ONNX file)."""
-    from fastinst.deploy.backends import build_backend
-
     dev = _device(dtype, repeats, device)
     samples = load_images(cfg, data, images)
     if not samples:
@@ -176,8 +168,6 @@ def bench_interleaved(entries: Sequence[BenchEntry], data: DataSpec, images: int
     and ``positions`` (the model's place in each round's order, 0-based). An entry whose model fails to
     build with one of ``skip`` is left out of the rounds; its result is ``{"error": exception}``.
     """
-    from fastinst.deploy.backends import build_backend
-
     dev = _device(dtype, repeats, device)
     samples: dict[tuple[int, int], list[tuple[torch.Tensor, tuple[int, int]]]] = {}
     for entry in entries:
