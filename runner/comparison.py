@@ -43,8 +43,8 @@ from runner.results import (
     reference_speed,
     setting_text,
 )
+from runner.stages import MATCHING
 
-MATCHING = "matching"  # the eval stage's artifact kind: the run's per-image matching
 RESAMPLES = 1000
 VERDICT_WORDS = {"A better": "better", "B better": "worse", "A faster": "faster", "B faster": "slower",
                  UNDECIDED: UNDECIDED}

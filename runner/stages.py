@@ -33,6 +33,7 @@ from fastinst.grid import parse_grid as _parse_grid
 EVAL_KEYS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100")
 ANALYZE_KEYS = ("params", "gflops")
 SPEED_KEYS = ("fps", "fps_min", "fps_max")
+MATCHING = "matching"  # the eval stage's artifact kind: the run's per-image matching (runner.comparison reads it)
 
 
 # --------------------------------------------------------------------------- options
@@ -178,7 +179,7 @@ def stage_eval(ctx: JobContext) -> dict[str, Any]:
     matching = ctx.run_dir / "matching.npz"
     result = evaluate(ctx.cfg, ctx.weights("eval"), ctx.data_spec(), vis_dir=vis_dir, vis_images=opts.vis_images,
                       matching_path=matching, bootstrap=opts.bootstrap)
-    ctx.artifacts.append(("matching", str(matching)))
+    ctx.artifacts.append((MATCHING, str(matching)))
     if opts.vis_images > 0:
         ctx.artifacts.append(("predictions", str(vis_dir)))
     return result
@@ -255,7 +256,7 @@ class Stage:
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("train", stage_train, TrainOptions, needs_data=True, artifacts=("checkpoint", "records")),
-    Stage("eval", stage_eval, EvalOptions, needs_data=True, metrics=EVAL_KEYS, artifacts=("matching", "predictions")),
+    Stage("eval", stage_eval, EvalOptions, needs_data=True, metrics=EVAL_KEYS, artifacts=(MATCHING, "predictions")),
     Stage("analyze", stage_analyze, AnalyzeOptions, needs_data=False, metrics=ANALYZE_KEYS),
     Stage("bench", None, BenchOptions, needs_data=True, speed=True, exclusive=True),
     Stage("noop", stage_noop, NoopOptions, needs_data=False, metrics=(*EVAL_KEYS, *ANALYZE_KEYS), speed=True,

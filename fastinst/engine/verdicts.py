@@ -66,10 +66,6 @@ class Verdict:
     verdict: str  # "A better" | "B better" | "undecided" (speed: "A faster" | "B faster" | "undecided")
     paired: bool = True
 
-    @property
-    def decided(self) -> bool:
-        return self.verdict != UNDECIDED
-
 
 def _t_half(variance: float, dof: float, level: float) -> float:
     if variance <= 0:
