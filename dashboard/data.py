@@ -37,7 +37,7 @@ from runner.db import (
     TrainRecord,
     utcnow,
 )
-from runner.results import AP_COLUMNS, STORED, interval_text, reference_speed, shown
+from runner.results import AP_COLUMNS, STORED, interval_text, shown, stored_reference_speed
 
 IMAGE_KINDS = ("predictions", "visualization", "visualizations", "images")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -85,7 +85,7 @@ def grids(db: Database) -> list[GridInfo]:
     def _query(s: Session) -> list[GridInfo]:
         records = s.scalars(select(GridRecord).order_by(GridRecord.name))
         return [GridInfo(r.name, list(r.axes), list(r.seeds), r.stages, r.reference,
-                         list(dict.fromkeys(k for row in r.rows for k in row.overrides)), reference_speed(r),
+                         list(dict.fromkeys(k for row in r.rows for k in row.overrides)), stored_reference_speed(r),
                          list(dict.fromkeys(k for row in r.rows for k, v in row.overrides.items() if isinstance(v, str))),
                          [row.name for row in r.rows])
                 for r in records]
@@ -181,7 +181,7 @@ def run_detail(db: Database, run_id: int) -> RunDetail | None:
         run = s.get(Run, run_id)
         if run is None:
             return None
-        metrics = None
+        metrics: dict[str, Any] | None = None
         if run.metrics is not None:
             metrics = {c: shown(c, getattr(run.metrics, c)) for c in STORED}
             metrics["extra"] = dict(run.metrics.extra or {})
@@ -204,9 +204,12 @@ def ap_text(metrics: dict[str, Any]) -> str:
     if math.isnan(metrics["AP"]):
         return ""
     cis = (metrics.get("extra") or {}).get("eval") or {}
-    texts = [f"{column} {interval_text(metrics[column], *(shown(column, v) for v in cis[f'{column}_ci']))}"
-             for column in AP_COLUMNS
-             if len(cis.get(f"{column}_ci") or ()) == 2 and not math.isnan(metrics[column])]
+    texts = []
+    for column in AP_COLUMNS:
+        ci = cis.get(f"{column}_ci") or ()
+        if len(ci) == 2 and not math.isnan(metrics[column]):
+            low, high = (shown(column, v) for v in ci)
+            texts.append(f"{column} {interval_text(metrics[column], low, high)}")
     return " · ".join(texts) + " (95% CI over val images)" if texts else f"AP {metrics['AP']:.1f}"
 
 
@@ -251,7 +254,7 @@ def artifact_images(artifacts: list[tuple[str, str]], limit: int = 8) -> list[Pa
 
 def status_counts(db: Database) -> dict[str, int]:
     """Runs per state, every state present (0 when none)."""
-    counts = dict(db.read(lambda s: [tuple(r) for r in s.execute(
+    counts = dict(db.read(lambda s: [(status, n) for status, n in s.execute(
         select(Run.status, func.count()).group_by(Run.status))]))
     return {status: int(counts.get(status, 0)) for status in STATUSES}
 

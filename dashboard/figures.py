@@ -38,7 +38,8 @@ def undecided(points: pd.DataFrame) -> pd.Series:
 
 def curve_colors(curves: list[str]) -> dict[str, str]:
     """A stable colour per curve name (tab10, cycling), in first-seen order."""
-    palette = [to_hex(c) for c in colormaps["tab10"].colors]
+    tab10 = colormaps["tab10"]
+    palette = [to_hex(tab10(i)) for i in range(tab10.N)]  # an int indexes the listed colours
     names = list(dict.fromkeys(curves))
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
@@ -70,7 +71,9 @@ def tradeoff_chart(points: pd.DataFrame, paper: pd.DataFrame, spec: TradeoffSpec
         .encode(color=color, tooltip=PAPER_TOOLTIP),
         paper_base.mark_text(align="left", dx=8, dy=10, fontSize=10, color="gray").encode(text="label:N"),
     ]
-    return alt.layer(*layers).properties(height=480).interactive()
+    chart = alt.layer(*layers)
+    assert isinstance(chart, alt.LayerChart)  # alt.layer facets only charts with facet encodings; these have none
+    return chart.properties(height=480).interactive()
 
 
 def tradeoff_figure(points: pd.DataFrame, paper: pd.DataFrame, spec: TradeoffSpec, x_title: str,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -76,7 +76,7 @@ def pareto_mask(x: np.ndarray, y: np.ndarray, higher_x_better: bool) -> np.ndarr
     return mask
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float | np.integer | np.floating]:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
@@ -100,7 +100,8 @@ def assign_lines(rows: list[dict[str, Any]], keys: list[str]) -> list[tuple[str 
     _score, axis, lines = best
     for group, idx in lines.items():
         values = [rows[i].get(axis) for i in idx]
-        order = sorted(range(len(idx)), key=lambda j: values[j]) if all(_is_number(v) for v in values) \
+        numbers = [v for v in values if _is_number(v)]
+        order = sorted(range(len(idx)), key=lambda j: numbers[j]) if len(numbers) == len(values) \
             else range(len(idx))  # categorical: grid order
         for position, j in enumerate(order):
             out[idx[j]] = ("|".join((axis, *group)), axis, float(position))

@@ -25,7 +25,7 @@ def render(db: Database) -> None:
     wanted = st.query_params.get("run", "")  # a link to one run: ?view=Run&run=12
     succeeded = [i for i, status in enumerate(runs["status"]) if status == SUCCEEDED]
     index = ids.index(int(wanted)) if wanted.isdigit() and int(wanted) in labels else (succeeded or [0])[0]
-    run_id = st.selectbox("Run", ids, index=index, format_func=labels.get, key="run")
+    run_id = st.selectbox("Run", ids, index=index, format_func=lambda i: labels[i], key="run")  # ids: labels' keys
     st.query_params["run"] = str(run_id)
     detail = data.run_detail(db, int(run_id)) if run_id is not None else None
     if detail is None:

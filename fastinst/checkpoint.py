@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +24,14 @@ import torch
 try:
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy < 2
-    from numpy.core.multiarray import _reconstruct
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]  # numpy 1's name, same function
 
 # What unpickling a numpy array of a numeric dtype needs: the reconstructor (under numpy 2's and numpy 1's
 # module names), the array and dtype classes, and the dtype instances' own classes (their state is set).
 _NUMERIC = (np.bool_, np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64)
-_NUMPY_GLOBALS = [(_reconstruct, "numpy._core.multiarray._reconstruct"),
-                  (_reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
-                  *(type(np.dtype(t)) for t in _NUMERIC)]
+_NUMPY_GLOBALS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+    (_reconstruct, "numpy._core.multiarray._reconstruct"), (_reconstruct, "numpy.core.multiarray._reconstruct"),
+    np.ndarray, np.dtype, *(type(np.dtype(t)) for t in _NUMERIC)]
 
 
 class CheckpointError(ValueError):

@@ -230,56 +230,78 @@ def _check_choice(value: Any, choices: tuple[Any, ...], key: str) -> Any:
     return value
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
-    origin = typing.get_origin(tp)
+def describe_type(tp: Any, minimum: float | None = None) -> str:
+    """The type hint ``tp`` in words, e.g. ``a list of 2 integers >= 1 or null``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe_type(a, minimum) for a in args)
+    if origin is Annotated:
+        return describe_type(args[0], minimum)
+    if origin is Literal:
+        return f"one of {list(args)}"
+    if origin is tuple:
+        return f"a list of {len(args)} {_plural(describe_type(args[0], minimum))}"
+    if origin is list:
+        return f"a list of {_plural(describe_type(args[0], minimum))}"
+    if origin is dict:
+        return f"a mapping of names to {_plural(describe_type(args[1], minimum))}"
     if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    bound = f" >= {minimum}" if minimum is not None and tp in (int, float) else ""
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+            type(None): "null"}[tp] + bound
+
+
+def _plural(words: str) -> str:
+    noun, _, rest = words.removeprefix("an ").removeprefix("a ").partition(" ")
+    return f"{noun}s {rest}".strip()
+
+
+def _fits(value: Any, tp: Any, minimum: float | None) -> bool:
+    """Whether ``value`` fits the scalar type ``tp`` (a number also ``minimum``); a bool is no number."""
+    if tp is bool or isinstance(value, bool):
+        return tp is bool and isinstance(value, bool)
+    if tp in (int, float):
+        return isinstance(value, int if tp is int else (int, float)) and (minimum is None or value >= minimum)
+    return value is None if tp is type(None) else isinstance(value, tp)
+
+
+def check_value(value: Any, tp: Any, key: str, minimum: float | None = None) -> Any:
+    """``value`` (from YAML) checked against the type hint ``tp`` and returned converted where lossless
+    (an integer for a float, a list for a tuple); ``minimum`` bounds its numbers. A misfit raises
+    ``ConfigError`` naming ``key``: a bad choice (``Literal``, a registry's names) or a nested mapping's
+    own key by itself, any other as ``key: expected <tp in words>, got <value>``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return _build(tp, value, key + ".")
     if origin is Literal:
-        return _check_choice(value, typing.get_args(tp), key)
+        return _check_choice(value, args, key)
     if origin is Annotated:
-        value = _coerce(value, typing.get_args(tp)[0], key)
+        value = check_value(value, args[0], key, minimum)
         registry = _registry(tp)
         return value if registry is None else _check_choice(value, registry.choices, key)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {tp}")
+    try:
+        if origin in (Union, types.UnionType):
+            for arg in args:
+                try:
+                    return check_value(value, arg, key, minimum)
+                except ConfigError:
+                    continue
+        elif origin is list and isinstance(value, (list, tuple)):
+            return [check_value(v, args[0], key, minimum) for v in value]
+        elif origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(check_value(v, a, key, minimum) for v, a in zip(value, args))
+        elif origin is dict and isinstance(value, dict):
+            return {k: check_value(v, args[1], key, minimum) for k, v in value.items()}
+        elif origin is None and _fits(value, tp, minimum):
+            return float(value) if tp is float else value
+    except ConfigError:
+        pass  # an item's misfit: the whole value is reported
+    raise ConfigError(f"{key}: expected {describe_type(tp, minimum)}, got {value!r}")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -288,7 +310,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for name, value in data.items():
         if name not in hints:
             raise ConfigError(_unknown_key_message(prefix + str(name), [prefix + k for k in hints]))
-        kwargs[name] = _coerce(value, hints[name], prefix + name)
+        kwargs[name] = check_value(value, hints[name], prefix + name)
     return cls(**kwargs)
 
 
@@ -305,7 +327,7 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):
         tp = _hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             keys.extend(all_keys(tp, prefix + f.name + "."))
         else:
             keys.append(prefix + f.name)
@@ -343,6 +365,18 @@ def nest(key: str, value: Any) -> dict[str, Any]:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
+    return out
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mapping → dotted leaf keys (``{"a": {"b": 1}}`` → ``{"a.b": 1}``); the inverse of ``nest``."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
     return out
 
 

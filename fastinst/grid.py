@@ -30,7 +30,9 @@ Stages belong to the runner: ``stages``/``stage_options`` are checked against th
 only their structure is checked (names are strings, options are mappings), which is all that
 ``fastinst analyze-grid`` needs. ``speed`` names the device type, dtype and backend whose FPS the
 grid's tables and plots show (default: ``cpu``/``float32``/``eager`` for ``gpus: 0`` grids,
-``cuda``/``float32``/``eager`` otherwise).
+``cuda``/``float32``/``eager`` otherwise). Like the stages, ``resources``, ``speed``, ``seed_policy``,
+``priority`` and ``max_attempts`` are the runner's: a grid file is one experiment declaration, so they
+are parsed and checked here, as data; what they mean (queueing, measuring, adding seeds) is ``runner``'s.
 
 A row's ``hash`` identifies its variant independently of the seed: it is the canonical hash of
 its resolved config with ``seed`` set to 0. ``Row.config_for_seed(seed)`` gives the config a run
@@ -50,7 +52,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from fastinst.config import Config, ConfigError, all_keys, config_from_dict, read_yaml
+from fastinst.config import Config, ConfigError, all_keys, config_from_dict, flatten, read_yaml
 
 DEFAULT_STAGES = ["train", "eval", "analyze"]
 DATA_KEYS = ("root", "train_json", "train_images", "val_json", "val_images")
@@ -83,8 +85,8 @@ class StageSpec(Protocol):
     @property
     def runs_alone(self) -> bool: ...
 
-    def check_options(self, options: dict[str, Any]) -> None:
-        """Raise ``StageOptionError`` for an unknown option or a bad value."""
+    def check_options(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The options checked; ``StageOptionError`` for an unknown option or a bad value."""
 
 
 @dataclass(frozen=True)
@@ -160,18 +162,6 @@ def format_value(value: Any) -> str:
 
 def row_name(overrides: dict[str, Any]) -> str:
     return ",".join(f"{k}={format_value(v)}" for k, v in overrides.items()) or "base"
-
-
-def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping → dotted leaf keys (``{"a": {"b": 1}}`` → ``{"a.b": 1}``)."""
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
 
 
 class _Lines:
@@ -405,11 +395,14 @@ def _seed_policy(spec: dict[str, Any], seeds: list[int], baseline: str | None, s
     for key in given:
         if key not in ("min", "max", "metric", "level"):
             raise chk.error(("seed_policy", key), f"unknown key {key!r} (known: ['min', 'max', 'metric', 'level'])")
-    low = given.get("min", len(seeds))
-    high = given.get("max")
-    for key, value in (("min", low), ("max", high)):
+
+    def _seed_count(key: str, default: int | None) -> int:
+        value = given.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise chk.error(("seed_policy", key), f"{key}: expected an integer >= 2, got {value!r}")
+        return value
+
+    low, high = _seed_count("min", len(seeds)), _seed_count("max", None)
     if low != len(seeds):
         raise chk.error(("seed_policy", "min"), f"min: {low} but the grid has {len(seeds)} seed(s) {seeds}; "
                                                 f"the first seeds are the grid's seeds (give seeds: {low})")

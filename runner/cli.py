@@ -1,7 +1,8 @@
 """The ``runner`` command: a thin layer over runner.queue, runner.worker, runner.measure, runner.export,
 runner.search.
 
-Every command takes ``--db URL`` (default: ``$FASTINST_DB``, then ``sqlite:///<repo>/results.db``).
+Every command takes ``--db URL`` or ``--db-file FILE`` (a user-only file holding the URL; default:
+``$FASTINST_DB``, then ``sqlite:///<repo>/results.db``).
 Input errors (``USER_ERRORS``: a bad grid, config, dataset, checkpoint, an unknown grid or device)
 print one line and exit 2; anything else is a bug and keeps its traceback.
 """
@@ -24,7 +25,7 @@ from runner import queue
 from runner.child import DEFAULT_RUNS_DIR
 from runner.db import REPO_ROOT, Database, init_db, resolve_url
 from runner.errors import RunnerInputError
-from runner.stages import load_grid
+from runner.stages import load_stage_grid
 
 
 def user_errors() -> tuple[type[ValueError], ...]:
@@ -36,11 +37,11 @@ def user_errors() -> tuple[type[ValueError], ...]:
 
 
 def _db(args: argparse.Namespace) -> Database:
-    return init_db(resolve_url(args.db))
+    return init_db(resolve_url(args.db, args.db_file))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    grid = load_grid(args.grid)  # validated before the database is touched
+    grid = load_stage_grid(args.grid)  # validated before the database is touched
     if args.dry_run:
         for row in grid.rows:
             print(f"{row.name}  seeds={row.seeds}  hash={row.hash}")
@@ -66,10 +67,44 @@ def cmd_work(args: argparse.Namespace) -> int:
     return Worker(db, gpus=gpus, cpu_slots=args.cpu_slots, name=args.name, **common).run()
 
 
+def cmd_launch_slurm(args: argparse.Namespace) -> int:
+    from runner.slurm import SlurmSettings, launch_folder, launch_measurement, launch_workers, require_slurm
+
+    require_slurm()
+    url_file = Path(args.db_file).resolve() if args.db_file else None
+    db = _db(args)  # checks the URL and migrates the schema before any job starts
+    if db.url.get_backend_name() == "sqlite":
+        print(f"note: {db.display_url} is a SQLite file: every node must see it, and many workers on many "
+              "nodes are better served by PostgreSQL", file=sys.stderr)
+    settings = SlurmSettings(partition=args.partition, time=args.time, gpus=args.gpus, cpus=args.cpus,
+                             mem_gb=args.mem_gb, account=args.account, qos=args.qos, constraint=args.constraint,
+                             exclusive=args.exclusive, sbatch=args.sbatch, setup=args.setup,
+                             signal_delay_s=args.signal_delay, max_requeues=args.max_requeues)
+    folder = Path(args.folder).resolve() if args.folder else launch_folder(args.runs_dir)
+    if args.measure:
+        options = {k: v for k, v in dict(device=args.device, dtype=args.dtype, backend=args.backend,
+                                         repeats=args.repeats, images=args.images, runs_dir=args.runs_dir).items()
+                   if v is not None}
+        launched = launch_measurement(db.url_string, settings, grid=args.measure, folder=folder, options=options,
+                                      url_file=url_file)
+        what = f"measurement job for grid {args.measure!r} (exclusive node{', ' + args.constraint if args.constraint else ''})"
+    else:
+        launched = launch_workers(db.url_string, settings, workers=args.workers, folder=folder, runs_dir=args.runs_dir,
+                                  cpu_slots=args.cpu_slots, poll=args.poll, heartbeat=args.heartbeat,
+                                  stale_after=args.stale_after, grace=args.grace, url_file=url_file)
+        what = f"{len(launched.job_ids)} worker job(s)"
+    print(f"submitted {what}: {' '.join(launched.job_ids)}")
+    print(f"database {db.display_url}; its URL reaches the jobs only through {url_file or folder / 'db-url'} "
+          "(mode 0600)")
+    print(launched.follow())
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from runner.export import runs_frame, status_frame
 
     db = _db(args)
+    _print_workers(db, args.stale_after)
     table = status_frame(db, args.grid)
     print(table.to_string(index=False) if len(table) else "no runs")
     measurements = queue.measurement_counts(db, args.grid)
@@ -85,6 +120,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         cols = ["run_id", "grid", "row", "seed", "status", "attempts", "worker", "AP", "gflops", "fps"]
         print(runs[cols].to_string(index=False) if len(runs) else "")
     return 0
+
+
+def _print_workers(db: Database, stale_after: float) -> None:
+    workers = queue.live_workers(db, stale_after)
+    if not workers:
+        return
+    import pandas as pd
+
+    rows = [{"worker": w.name, "role": w.role, "host": w.host, "pid": w.pid, "slurm job": w.slurm_job or "",
+             "slots": w.slots, "since": w.started_at.strftime("%Y-%m-%d %H:%M:%S")} for w in workers]
+    print(f"live workers ({len(rows)}; seen within {stale_after:g} s):")
+    print(pd.DataFrame(rows).to_string(index=False) + "\n")
 
 
 def _print_policy(db: Database, grid: str) -> None:
@@ -183,12 +230,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runner", description="FastInst ablation runner and results database")
     parser.add_argument("--db", help="database URL (default: $FASTINST_DB, then sqlite:///<repo>/results.db)")
+    parser.add_argument("--db-file", metavar="FILE",
+                        help="a file only you can read (mode 600) holding the database URL, instead of --db")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: object, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--db", default=argparse.SUPPRESS, help="database URL")
+        p.add_argument("--db-file", default=argparse.SUPPRESS, metavar="FILE", help="user-only file with the URL")
         p.set_defaults(func=func)
         return p
 
@@ -212,9 +262,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help="where run directories go")
     p.add_argument("--name", help="worker name (default host:pid)")
 
+    p = add("launch", None, "submit workers (or a measurement) to a cluster scheduler")
+    schedulers = p.add_subparsers(dest="scheduler", required=True)
+    p = schedulers.add_parser("slurm", help="workers (or --measure GRID) as SLURM jobs, through submitit",
+                              description="Submit worker jobs (one array) that run `runner work` with one slot per "
+                              "allocated GPU, or with --measure GRID one exclusive job that runs `runner measure`.")
+    p.add_argument("--db", default=argparse.SUPPRESS, help="database URL")
+    p.add_argument("--db-file", default=argparse.SUPPRESS, metavar="FILE", help="user-only file with the URL")
+    p.set_defaults(func=cmd_launch_slurm)
+    p.add_argument("--workers", type=int, default=1, help="worker jobs, submitted as one array (default 1)")
+    p.add_argument("--measure", metavar="GRID", help="instead of workers: one exclusive job measuring this grid")
+    p.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    p.add_argument("--time", default="4:00:00", help="time limit per job, in SLURM's format (default 4:00:00)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per job, one worker slot each (0: CPU slots; default 1)")
+    p.add_argument("--cpus", type=int, help="CPUs per job (--cpus-per-task)")
+    p.add_argument("--mem-gb", type=float, help="memory per job, GB")
+    p.add_argument("--account", help="SLURM account")
+    p.add_argument("--qos", help="SLURM quality of service")
+    p.add_argument("--constraint", help="node features, e.g. the GPU type (v100)")
+    p.add_argument("--exclusive", action="store_true", help="whole nodes (always, with --measure)")
+    p.add_argument("--sbatch", action="append", default=[], metavar="OPTION[=VALUE]",
+                   help="any other sbatch option, repeatable (e.g. --sbatch mail-type=END)")
+    p.add_argument("--setup", action="append", default=[], metavar="COMMAND",
+                   help="a shell line run before the worker, repeatable (modules, a virtual environment)")
+    p.add_argument("--signal-delay", type=int, default=120,
+                   help="seconds before the time limit that SLURM warns the worker (USR2; default 120)")
+    p.add_argument("--grace", type=float, default=30.0,
+                   help="seconds a warned worker gives its jobs to stop before killing them (default 30)")
+    p.add_argument("--max-requeues", type=int, default=20, help="times a worker job requeues itself (default 20)")
+    p.add_argument("--folder", help="batch scripts and logs (default: <runs-dir>/slurm/<time>; a shared file system)")
+    p.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help="where run directories go (shared)")
+    p.add_argument("--cpu-slots", type=int, default=1, help="with --gpus 0: CPU job slots per worker (default 1)")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between a worker's queue polls when idle")
+    p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
+    p.add_argument("--stale-after", type=float, default=120.0, help="requeue runs of workers silent this long")
+    p.add_argument("--device", help="with --measure: cpu, cuda or cuda:N (default: the grid's speed setting)")
+    p.add_argument("--dtype", choices=SPEED_DTYPES, help="with --measure: FPS in this dtype (default: the grid's)")
+    p.add_argument("--backend", help="with --measure: inference backend (default: the grid's, else eager)")
+    p.add_argument("--repeats", type=int, help="with --measure: timed passes (interleaved rounds) per run")
+    p.add_argument("--images", type=int, help="with --measure: val images per pass")
+
     p = add("status", cmd_status, "run counts by state per grid (and the runs with --runs)")
     p.add_argument("grid", nargs="?")
     p.add_argument("--runs", action="store_true", help="list the runs too")
+    p.add_argument("--stale-after", type=float, default=120.0, help="list workers seen within this many seconds")
 
     p = add("export", cmd_export, "a paper-style table of a grid: mean ± std over seeds")
     p.add_argument("grid")
@@ -244,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "host, interleaved (or one after another); adds one speed row per run")
     p.add_argument("grid")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the grid's speed setting)")
-    p.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the grid's speed setting)")
+    p.add_argument("--dtype", help=f"{', '.join(SPEED_DTYPES)} (default: the grid's speed setting)")
     p.add_argument("--backend", help="inference backend (default: the grid's speed setting, else eager)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes of each run (interleaved: rounds); FPS is "
                                                            "their median (default 3)")

@@ -40,8 +40,8 @@ from runner.results import (
     counted_runs,
     grid_record,
     interval_text,
-    reference_speed,
     setting_text,
+    stored_reference_speed,
 )
 from runner.stages import MATCHING
 
@@ -70,7 +70,7 @@ class RowRuns:
 
 def _row_runs(s: Session, grid: str, setting: SpeedSetting | None) -> tuple[str | None, SpeedSetting, list[RowRuns]]:
     record = grid_record(s, grid)
-    chosen = setting or reference_speed(record)
+    chosen = setting or stored_reference_speed(record)
     runs = counted_runs(s, [record])
     rows = []
     for row in record.rows:
@@ -85,11 +85,11 @@ def _row_runs(s: Session, grid: str, setting: SpeedSetting | None) -> tuple[str 
     matchings = {a.run_id: a.path for a in s.scalars(
         select(Artifact).where(Artifact.run_id.in_(ids), Artifact.kind == MATCHING).order_by(Artifact.id))}
     speed: dict[int, list[SpeedMeasurement]] = {}
-    for row in s.scalars(select(SpeedMeasurement).where(
+    for measurement in s.scalars(select(SpeedMeasurement).where(
             SpeedMeasurement.run_id.in_(ids), SpeedMeasurement.device_type == chosen.device,
             SpeedMeasurement.dtype == chosen.dtype, SpeedMeasurement.backend == chosen.backend)
             .order_by(SpeedMeasurement.created_at, SpeedMeasurement.id)):
-        speed.setdefault(row.run_id, []).append(row)
+        speed.setdefault(measurement.run_id, []).append(measurement)
     for entry in rows:
         entry.matchings = [matchings.get(i) for i in entry.run_ids]
         entry.speed = [speed.get(i, []) for i in entry.run_ids]

@@ -21,6 +21,7 @@ Tables (the dashboard reads these):
 - ``measure_jobs``: the measurement phase's queue (one job per requested speed row): a run's ``bench``
   stage becomes one after its compute stages succeed, ``runner measure`` adds its own; same claim,
   heartbeat and retry semantics as runs, but a measurement runs only while nothing else runs on its host;
+- ``workers``: each executor while it runs (host, pid, slots, SLURM job) and when it was last seen;
 - ``added_seeds``: seeds a grid's seed policy added to a row (step, why, the run it queued);
 - ``train_records``: per-step training records (step, time, lr, total loss, each loss, raw record);
 - ``artifacts``: files a run produced (checkpoint, log, per-step JSONL, config).
@@ -32,7 +33,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,6 +57,8 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
+from runner.errors import RunnerInputError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = f"sqlite:///{REPO_ROOT / 'results.db'}"
 VERSION_TABLE = "runner_alembic_version"
@@ -66,6 +69,7 @@ STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 DEFAULT_MAX_ATTEMPTS = 3  # attempts of a run or measurement job before it fails
 READ_RETRIES = 10  # a read transaction retried on transient lock errors
 WRITE_RETRIES = 20  # a write transaction (and a schema upgrade) retried on transient lock errors
+IN_BATCH = 500  # values per ``IN (...)`` list in one query (well below every backend's parameter limit)
 
 T = TypeVar("T")
 
@@ -75,9 +79,37 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def resolve_url(url: str | None = None) -> str:
-    """``--db`` if given, else ``$FASTINST_DB``, else ``sqlite:///<repo root>/results.db``."""
-    return url or os.environ.get("FASTINST_DB") or DEFAULT_URL
+def in_batches(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``values`` in slices of ``IN_BATCH``: a read of many ids runs one ``IN (...)`` query per slice."""
+    for i in range(0, len(values), IN_BATCH):
+        yield values[i:i + IN_BATCH]
+
+
+def resolve_url(url: str | None = None, url_file: str | Path | None = None) -> str:
+    """``--db`` if given, else ``--db-file``'s URL, else ``$FASTINST_DB``, else
+    ``sqlite:///<repo root>/results.db``."""
+    if url:
+        return url
+    if url_file is not None:
+        return read_url_file(url_file)
+    return os.environ.get("FASTINST_DB") or DEFAULT_URL
+
+
+def read_url_file(path: str | Path) -> str:
+    """The database URL kept in ``path``, a file only its owner may read or write (as ssh and
+    PostgreSQL's ``~/.pgpass`` demand), so that a password in it stays private."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text().strip()
+    except OSError as e:
+        raise RunnerInputError(f"database URL file {path}: {e.strerror}") from None
+    if mode & 0o077:
+        raise RunnerInputError(f"database URL file {path} is readable or writable by others (mode "
+                               f"{mode & 0o777:o}); chmod 600 it")
+    if not text:
+        raise RunnerInputError(f"database URL file {path} is empty")
+    return text
 
 
 def safe_url(url: str | URL) -> str:
@@ -148,7 +180,43 @@ class AddedSeed(Base):
     grid: Mapped[GridRecord] = relationship(back_populates="added_seeds")
 
 
-class Run(Base):
+class WorkerRecord(Base):
+    """An executor (worker, Ray executor) while it runs: where, which process, which SLURM job."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32))
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    slots: Mapped[str] = mapped_column(String(200))
+    slurm_job: Mapped[str | None] = mapped_column(String(64))  # "1234", or "1234_5" for index 5 of array 1234
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class QueuedJob(Base):
+    """What the two kinds of queued job (``Run``, ``MeasureJob``) share: their id and queue state."""
+
+    __abstract__ = True
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_ATTEMPTS)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    host: Mapped[str | None] = mapped_column(String(200))  # where its job runs (set at claim or job start)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Run(QueuedJob):
     __tablename__ = "runs"
     __table_args__ = (
         # One run per (exact work, generation): concurrent submits of one grid queue it once;
@@ -159,7 +227,6 @@ class Run(Base):
         Index("ix_runs_host", "host", "status"),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
     grid_id: Mapped[int] = mapped_column(ForeignKey("grids.id"), index=True)
     row_name: Mapped[str] = mapped_column(String(500))
     overrides: Mapped[dict[str, Any]]
@@ -174,19 +241,7 @@ class Run(Base):
     run_key: Mapped[str] = mapped_column(String(32))
     generation: Mapped[int] = mapped_column(Integer, default=0)
 
-    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
-    priority: Mapped[int] = mapped_column(Integer, default=0)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    max_attempts: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_ATTEMPTS)
-    worker: Mapped[str | None] = mapped_column(String(200))
-    host: Mapped[str | None] = mapped_column(String(200))  # where its job runs (set at claim or job start)
-    claim_token: Mapped[str | None] = mapped_column(String(32))
     device: Mapped[str | None] = mapped_column(String(200))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
-    error: Mapped[str | None] = mapped_column(Text)
     git_commit: Mapped[str | None] = mapped_column(String(64))
     packages: Mapped[dict[str, Any] | None]
     run_dir: Mapped[str | None] = mapped_column(String(1000))
@@ -254,7 +309,7 @@ class SpeedMeasurement(Base):
     run: Mapped[Run] = relationship(back_populates="speed")
 
 
-class MeasureJob(Base):
+class MeasureJob(QueuedJob):
     """A queued speed measurement of one run: its settings, queue state, and the row it produced.
 
     ``owner`` set: a ``runner measure`` process made it for itself on ``host`` (no worker claims it,
@@ -264,7 +319,6 @@ class MeasureJob(Base):
     __table_args__ = (Index("ix_measure_jobs_claim", "status", "priority", "id"),
                       Index("ix_measure_jobs_host", "host", "status"))
 
-    id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     device_type: Mapped[str] = mapped_column(String(16))  # "cpu" | "cuda"
     dtype: Mapped[str] = mapped_column(String(32))
@@ -275,19 +329,6 @@ class MeasureJob(Base):
     weights: Mapped[str | None] = mapped_column(String(1000))
     source: Mapped[str] = mapped_column(String(32))  # "stage" | "measure"
     owner: Mapped[str | None] = mapped_column(String(200))
-
-    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
-    priority: Mapped[int] = mapped_column(Integer, default=0)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    max_attempts: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_ATTEMPTS)
-    worker: Mapped[str | None] = mapped_column(String(200))
-    host: Mapped[str | None] = mapped_column(String(200))
-    claim_token: Mapped[str | None] = mapped_column(String(32))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
-    error: Mapped[str | None] = mapped_column(Text)
     speed_id: Mapped[int | None] = mapped_column(ForeignKey("speed.id", ondelete="SET NULL"))
 
     run: Mapped[Run] = relationship()

@@ -24,10 +24,13 @@ from pathlib import Path
 
 from runner import queue
 from runner.child import run_dir_for
-from runner.db import REPO_ROOT, Database
+from runner.db import REPO_ROOT, Database, host_name
 from runner.errors import RunnerInputError
 
 log = logging.getLogger("runner.executor")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what a user or a scheduler stops a worker with
+SIGNAL_SETTLE_S = 1.0
 
 
 def log_tail(path: Path, chars: int = 3000) -> str:
@@ -40,10 +43,19 @@ def log_tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
+def slurm_job() -> str | None:
+    """The SLURM job this process runs in, as ``squeue`` names it (``1234``, or ``1234_5`` for index 5
+    of array 1234); None outside SLURM."""
+    array, index = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and index:
+        return f"{array}_{index}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
 def log_path_for(runs_dir: str | Path, claim: queue.Claim) -> Path:
     """A run's job log (``job.log``) or a measurement's (``measure-<id>.log``) in the run's directory
     (a group's: its first job's)."""
-    name = "job.log" if claim.kind == queue.RUN else f"measure-{claim.job_id}.log"
+    name = "job.log" if claim.kind == queue.RUN else f"measure-{claim.measure_id}.log"
     return run_dir_for(runs_dir, claim.grid, claim.run_id) / name
 
 
@@ -54,7 +66,7 @@ def record_exit(db: Database, claim: queue.Claim, returncode: int, log_path: Pat
         what = f"job killed by signal {signal.Signals(-returncode).name}"
     else:
         what = f"job exited with code {returncode} without recording a result"
-    return queue.fail(db, claim.key[1], claim.token, f"{what}; log {log_path}:\n{log_tail(log_path)}",
+    return queue.fail(db, claim.id, claim.token, f"{what}; log {log_path}:\n{log_tail(log_path)}",
                       kind=claim.kind)
 
 
@@ -76,7 +88,7 @@ def job_env(db_url: str, claim: queue.Claim, visible: str, direct_child: bool,
 
 def job_command(claim: queue.Claim, runs_dir: Path) -> list[str]:
     if claim.kind == queue.MEASURE:
-        return [sys.executable, "-m", "runner.measure", *(str(c.job_id) for c in claim.members),
+        return [sys.executable, "-m", "runner.measure", *(str(c.id) for c in claim.members),
                 "--runs-dir", str(runs_dir)]
     job = ["-m", "runner.job", str(claim.run_id), "--runs-dir", str(runs_dir)]
     if claim.gpus > 1:
@@ -114,6 +126,7 @@ class Executor:
         self.exit_when_empty = exit_when_empty
         self.jobs: dict[tuple[str, int], Handle] = {}
         self.stopping = False
+        self.stopped_by: int | None = None  # the signal that stopped the loop, if one did
 
     # ------------------------------------------------------------------ hooks
 
@@ -147,6 +160,10 @@ class Executor:
     def _pending(self) -> int:
         raise NotImplementedError
 
+    def _slots(self) -> str:
+        """What it runs jobs on, for ``runner status`` (e.g. ``GPUs 0,1``)."""
+        raise NotImplementedError
+
     def _wait(self, timeout: float) -> None:
         time.sleep(timeout)
 
@@ -154,11 +171,16 @@ class Executor:
 
     def run(self) -> int:
         self._setup()
-        next_beat = next_sweep = 0.0
+        queue.register_worker(self.db, self.name, role=self.role, host=host_name(), pid=os.getpid(),
+                              slots=self._slots(), slurm_job=slurm_job())
+        next_beat = next_sweep = next_seen = 0.0
         try:
             while not self.stopping:
                 self._reap()
                 now = time.monotonic()
+                if now >= next_seen:
+                    queue.worker_seen(self.db, self.name)
+                    next_seen = now + self.heartbeat
                 if now >= next_sweep:
                     for kind, job_id in queue.sweep_stale(self.db, self.stale_after):
                         log.warning("%s %d: its worker stopped heartbeating; requeued (or failed)", kind, job_id)
@@ -175,6 +197,7 @@ class Executor:
             return 0
         finally:
             self._shutdown()
+            queue.worker_seen(self.db, self.name, stopped=True)
             self._teardown()
 
     def _fill(self) -> bool:
@@ -185,7 +208,14 @@ class Executor:
         return claimed
 
     def _reap(self) -> None:
-        for handle, rc, error in self._finished():
+        finished = self._finished()
+        if any(rc is not None and -rc in STOP_SIGNALS for _handle, rc, _error in finished):
+            # A scheduler (SLURM's scancel, requeue, time limit) signals the worker and its jobs together:
+            # give our own signal a moment to arrive, so that the jobs go back without spending an attempt.
+            time.sleep(SIGNAL_SETTLE_S)
+        if self.stopping:  # the shutdown requeues them
+            return
+        for handle, rc, error in finished:
             self._release(handle)
             del self.jobs[handle.claim.key]
             what = handle.claim.describe()
@@ -193,7 +223,7 @@ class Executor:
                 log.info("%s: stopped (no longer ours)", what)
             elif error is not None:
                 for claim in handle.ours:
-                    queue.fail(self.db, claim.key[1], claim.token, error, kind=claim.kind)
+                    queue.fail(self.db, claim.id, claim.token, error, kind=claim.kind)
                 log.warning("%s: %s", what, error)
             else:
                 # Exit code 0 means the job stored its result; any other exit may have left it
@@ -228,6 +258,6 @@ class Executor:
         for handle in self.jobs.values():
             self._release(handle)
             for claim in handle.ours:
-                queue.fail(self.db, claim.key[1], claim.token, f"{self.role} {self.name} shut down; requeued",
+                queue.fail(self.db, claim.id, claim.token, f"{self.role} {self.name} shut down; requeued",
                            count_attempt=False, kind=claim.kind)
         self.jobs.clear()

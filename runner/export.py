@@ -66,7 +66,7 @@ def status_frame(db: Database, grid: str | None = None) -> pd.DataFrame:
                 .group_by(GridRecord.name, Run.status).order_by(GridRecord.name))
         if grid:
             stmt = stmt.where(GridRecord.name == grid)
-        return [tuple(r) for r in s.execute(stmt)]
+        return [(name, status, n) for name, status, n in s.execute(stmt)]
 
     counts = db.read(_query)
     frame = pd.DataFrame(counts, columns=["grid", "status", "n"])

@@ -176,7 +176,9 @@ def run_job(db: Database, run_id: int, token: str, runs_dir: str | Path = DEFAUL
         timings = {"startup_s": started - info["claimed_at"]}
         for stage in compute:
             t0 = time.perf_counter()
-            ctx.results[stage] = STAGES[stage].run(ctx)
+            run_stage = STAGES[stage].run
+            assert run_stage is not None  # only exclusive stages have none, and they are deferred
+            ctx.results[stage] = run_stage(ctx)
             timings[f"{stage}_s"] = time.perf_counter() - t0
             print(f"stage {stage}: {json.dumps(ctx.results[stage], default=str)}", flush=True)
         if rank == 0:
@@ -239,7 +241,7 @@ def _store(s: Any, run_id: int, token: str, ctx: JobContext, timings: dict[str, 
     for kind, path in [*ctx.artifacts, ("log", str(run_dir / "job.log")), ("config", str(run_dir / "config.yaml"))]:
         s.add(Artifact(run_id=run_id, kind=kind, path=path))
     if deferred:
-        from runner.measure import stage_settings  # loads torch: only where a measurement follows
+        from runner.timing import stage_settings  # loads torch: only where a measurement follows
 
         for stage in deferred:
             queue.add_measurement(s, run, stage_settings(run, ctx.options_for(stage), ctx.weights(stage)),

@@ -31,10 +31,10 @@ import json
 import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import ColumnElement, and_, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,7 +49,10 @@ from runner.db import (
     GridRecord,
     GridRow,
     MeasureJob,
+    QueuedJob,
     Run,
+    WorkerRecord,
+    in_batches,
     utcnow,
 )
 from runner.errors import RunnerInputError
@@ -57,10 +60,9 @@ from runner.errors import RunnerInputError
 MAX_ERROR_CHARS = 20000
 SUBMIT_RETRIES = 10  # a submit that lost a race with a concurrent submit of the same grid is retried
 RUN, MEASURE = "run", "measure"  # the two kinds of queued job
-TABLES: dict[str, type[Run] | type[MeasureJob]] = {RUN: Run, MEASURE: MeasureJob}
+TABLES: dict[str, type[QueuedJob]] = {RUN: Run, MEASURE: MeasureJob}
 # The settings measurement jobs must share to be timed together (besides their grid and data).
 GROUP_KEYS = ("device_type", "dtype", "backend", "images", "warmup", "repeats")
-Job = Run | MeasureJob
 
 
 class LostClaim(RuntimeError):
@@ -82,7 +84,7 @@ class SubmitResult:
 
 @dataclass
 class Claim:
-    """A claimed job: a run (``kind`` "run") or a measurement of run ``run_id`` (``job_id``); a
+    """A claimed job: a run (``kind`` "run") or a measurement (``measure_id``) of run ``run_id``; a
     measurement's ``group`` holds the other measurements claimed with it, run by the same process."""
 
     run_id: int
@@ -91,13 +93,18 @@ class Claim:
     gpus: int
     attempt: int
     kind: str = RUN
-    job_id: int | None = None
+    measure_id: int | None = None
     group: tuple[Claim, ...] = ()
 
     @property
+    def id(self) -> int:
+        """The job's id in its own table (``TABLES[kind]``): the run's, or the measurement's."""
+        return self.measure_id if self.kind == MEASURE and self.measure_id is not None else self.run_id
+
+    @property
     def key(self) -> tuple[str, int]:
-        """(kind, id in its table): identifies the job among a worker's jobs."""
-        return (self.kind, self.job_id if self.kind == MEASURE and self.job_id is not None else self.run_id)
+        """(kind, id): identifies the job among a worker's jobs (a run and a measurement may share an id)."""
+        return (self.kind, self.id)
 
     @property
     def members(self) -> tuple[Claim, ...]:
@@ -108,8 +115,8 @@ class Claim:
         if self.kind == RUN:
             return f"run {self.run_id}"
         if not self.group:
-            return f"measurement {self.job_id} (run {self.run_id})"
-        return (f"measurements {', '.join(str(c.job_id) for c in self.members)} "
+            return f"measurement {self.measure_id} (run {self.run_id})"
+        return (f"measurements {', '.join(str(c.measure_id) for c in self.members)} "
                 f"(runs {', '.join(str(c.run_id) for c in self.members)}, interleaved)")
 
 
@@ -165,8 +172,8 @@ def _submit_once(s: Session, grid: Grid, force: bool, priority: int, max_attempt
             planned.append((row, seed, cfg, key))
     latest: dict[str, Run] = {}
     keys = [p[3] for p in planned]
-    for i in range(0, len(keys), 500):
-        for run in s.scalars(select(Run).where(Run.run_key.in_(keys[i:i + 500]))):
+    for batch in in_batches(keys):
+        for run in s.scalars(select(Run).where(Run.run_key.in_(batch))):
             if run.run_key not in latest or run.generation > latest[run.run_key].generation:
                 latest[run.run_key] = run
     result = SubmitResult(grid.name)
@@ -239,7 +246,7 @@ def host_jobs(s: Session, host: str, exclude: Collection[tuple[str, int]] = ()) 
         for job in s.scalars(select(table).where(table.host == host, table.status == RUNNING).order_by(table.id)):
             if (kind, job.id) in exclude:
                 continue
-            run_id = job.id if kind == RUN else job.run_id
+            run_id = job.run_id if isinstance(job, MeasureJob) else job.id
             out.append({"kind": kind, "id": job.id, "run_id": run_id, "worker": job.worker,
                         "since": f"{job.started_at:%Y-%m-%d %H:%M:%S}" if job.started_at else None})
     return out
@@ -249,10 +256,10 @@ def _measurement_waiting(s: Session, host: str) -> bool:
     """A measurement runs on ``host``, or a ``runner measure`` there waits for the host to drain."""
     stmt = select(func.count()).select_from(MeasureJob).where(MeasureJob.host == host, or_(
         MeasureJob.status == RUNNING, and_(MeasureJob.status == QUEUED, MeasureJob.owner.is_not(None))))
-    return s.scalar(stmt) > 0
+    return s.scalars(stmt).one() > 0
 
 
-def _start(job: Job, worker: str, host: str | None) -> None:
+def _start(job: QueuedJob, worker: str, host: str | None) -> None:
     now = utcnow()
     job.status, job.worker, job.host = RUNNING, worker, host
     job.claim_token = uuid.uuid4().hex
@@ -339,7 +346,7 @@ def start_owned(db: Database, jobs: Sequence[tuple[int, str]], host: str) -> Cla
 
     def _start_owned(s: Session) -> Claim | list[dict[str, Any]]:
         _lock_host(s, host)
-        mine = [owned(s, MEASURE, job_id, token, statuses=(QUEUED,)) for job_id, token in jobs]
+        mine = [owned_measurement(s, job_id, token, statuses=(QUEUED,)) for job_id, token in jobs]
         busy = host_jobs(s, host)  # ours are queued, so never among them
         if busy:
             for job in mine:
@@ -353,7 +360,7 @@ def start_owned(db: Database, jobs: Sequence[tuple[int, str]], host: str) -> Cla
     return db.write(_start_owned)
 
 
-def owned(s: Session, kind: str, job_id: int, token: str, statuses: tuple[str, ...] = (RUNNING,)) -> Job:
+def owned(s: Session, kind: str, job_id: int, token: str, statuses: tuple[str, ...] = (RUNNING,)) -> QueuedJob:
     """The job, locked for update, if it is still in ``statuses`` under ``token``; else ``LostClaim``."""
     table = TABLES[kind]
     job = s.scalars(select(table).where(table.id == job_id).with_for_update()).one_or_none()
@@ -370,13 +377,20 @@ def owned_run(s: Session, run_id: int, token: str) -> Run:
     return run
 
 
+def owned_measurement(s: Session, job_id: int, token: str, statuses: tuple[str, ...] = (RUNNING,)) -> MeasureJob:
+    """The measurement job, locked for update, if it is still in ``statuses`` under ``token``; else ``LostClaim``."""
+    job = owned(s, MEASURE, job_id, token, statuses)
+    assert isinstance(job, MeasureJob)
+    return job
+
+
 def heartbeat(db: Database, claims: Iterable[Claim]) -> set[tuple[str, int]]:
     """Refresh the heartbeat of our jobs; return the keys of those whose job should be stopped:
     cancelled, deleted, or running under someone else's claim. (A job that already finished or
     failed is not reported: it is exiting on its own.)"""
     by_kind: dict[str, dict[int, str]] = {}
     for c in claims:
-        by_kind.setdefault(c.kind, {})[c.key[1]] = c.token
+        by_kind.setdefault(c.kind, {})[c.id] = c.token
     if not by_kind:
         return set()
 
@@ -396,13 +410,13 @@ def heartbeat(db: Database, claims: Iterable[Claim]) -> set[tuple[str, int]]:
     return db.write(_beat)
 
 
-def _requeue_or_fail(job: Job, message: str, count_attempt: bool = True) -> str:
+def _requeue_or_fail(job: QueuedJob, message: str, count_attempt: bool = True) -> str:
     if not count_attempt:
         job.attempts = max(0, job.attempts - 1)
     job.error = append_error(job.error, message)
     job.worker = job.claim_token = None
     # A ``runner measure`` job belongs to its process: without it, it is over.
-    if job.attempts >= job.max_attempts or getattr(job, "owner", None) is not None:
+    if job.attempts >= job.max_attempts or (isinstance(job, MeasureJob) and job.owner is not None):
         job.status = FAILED
         job.finished_at = utcnow()
     else:
@@ -410,16 +424,17 @@ def _requeue_or_fail(job: Job, message: str, count_attempt: bool = True) -> str:
     return job.status
 
 
-def _stale(table: type[Run] | type[MeasureJob], cutoff: Any, owned_only: bool) -> Any:
+def _stale(table: type[QueuedJob], cutoff: datetime, owned_only: bool) -> ColumnElement[bool]:
     running_stale = and_(table.status == RUNNING, table.heartbeat_at < cutoff)
     if table is not MeasureJob:
         return running_stale
     # A waiting ``runner measure`` heartbeats its queued job too.
-    stale = or_(running_stale, and_(table.status == QUEUED, table.owner.is_not(None), table.heartbeat_at < cutoff))
-    return and_(stale, table.owner.is_not(None)) if owned_only else stale
+    owner = MeasureJob.owner.is_not(None)
+    stale = or_(running_stale, and_(MeasureJob.status == QUEUED, owner, MeasureJob.heartbeat_at < cutoff))
+    return and_(stale, owner) if owned_only else stale
 
 
-def _swept_tables(owned_only: bool) -> dict[str, type[Run] | type[MeasureJob]]:
+def _swept_tables(owned_only: bool) -> dict[str, type[QueuedJob]]:
     return {MEASURE: MeasureJob} if owned_only else TABLES
 
 
@@ -440,7 +455,7 @@ def sweep_stale(db: Database, stale_after: float, owned_only: bool = False) -> l
 
     def _any_stale(s: Session) -> bool:
         cutoff = utcnow() - timedelta(seconds=stale_after)
-        return any(s.scalar(select(func.count()).select_from(table).where(_stale(table, cutoff, owned_only))) > 0
+        return any(s.scalars(select(func.count()).select_from(table).where(_stale(table, cutoff, owned_only))).one() > 0
                    for table in _swept_tables(owned_only).values())
 
     # Look before taking the write lock: sweeps run often and almost always find nothing.
@@ -470,15 +485,44 @@ def pending(db: Database, max_gpus: int, device_type: str | None = None) -> int:
     requeued), and with ``device_type`` the measurements it could take."""
 
     def _count(s: Session) -> int:
-        runs = s.scalar(select(func.count()).select_from(Run).where(
-            Run.status.in_((QUEUED, RUNNING)), Run.gpus <= max_gpus))
+        runs = s.scalars(select(func.count()).select_from(Run).where(
+            Run.status.in_((QUEUED, RUNNING)), Run.gpus <= max_gpus)).one()
         if device_type is None:
             return runs
-        return runs + s.scalar(select(func.count()).select_from(MeasureJob).where(
+        return runs + s.scalars(select(func.count()).select_from(MeasureJob).where(
             MeasureJob.status.in_((QUEUED, RUNNING)), MeasureJob.owner.is_(None),
-            MeasureJob.device_type == device_type))
+            MeasureJob.device_type == device_type)).one()
 
     return db.read(_count)
+
+
+def register_worker(db: Database, name: str, *, role: str, host: str, pid: int, slots: str,
+                    slurm_job: str | None) -> None:
+    """Record an executor as started (a name used before, e.g. a reused pid, starts afresh)."""
+    now = utcnow()
+    db.write(lambda s: s.merge(WorkerRecord(name=name, role=role, host=host, pid=pid, slots=slots,
+                                            slurm_job=slurm_job, started_at=now, seen_at=now, stopped_at=None)))
+
+
+def worker_seen(db: Database, name: str, *, stopped: bool = False) -> None:
+    """The executor is alive (its loop turned), or, with ``stopped``, has exited."""
+
+    def _touch(s: Session) -> None:
+        worker = s.get(WorkerRecord, name)
+        if worker is not None:
+            worker.seen_at = utcnow()
+            if stopped:
+                worker.stopped_at = worker.seen_at
+
+    db.write(_touch)
+
+
+def live_workers(db: Database, stale_after: float) -> list[WorkerRecord]:
+    """Executors not stopped and seen within ``stale_after`` seconds, by host and name."""
+    cutoff = utcnow() - timedelta(seconds=stale_after)
+    stmt = (select(WorkerRecord).where(WorkerRecord.stopped_at.is_(None), WorkerRecord.seen_at >= cutoff)
+            .order_by(WorkerRecord.host, WorkerRecord.name))
+    return db.read(lambda s: list(s.scalars(stmt)))
 
 
 def measurement_counts(db: Database, grid: str | None = None) -> list[dict[str, Any]]:

@@ -14,9 +14,12 @@ in a ``runtime_env`` (Ray logs those), so a password never shows in Ray's task r
 ``--ray local`` exports ``FASTINST_DB`` before starting Ray, whose workers inherit it; on a cluster,
 start every node's Ray with ``FASTINST_DB`` exported. A task checks that its ``FASTINST_DB`` names
 the executor's database (compared with the password masked) and fails with a clear error if not.
-Measurements, alone or in interleaved groups, are not run as Ray tasks (Ray cannot keep a node to
-one task): a ``runner work`` worker or ``runner measure`` on the measuring machine takes them. A job
-records its node as the run's host when it starts, so measurements there wait for it.
+Measurements (alone or in interleaved groups) come second, as on a worker: when no compute run is
+queued for it, the executor claims a measurement group for an alive node on which no runner job runs
+(the queue's host check; a job records its node as the run's host when it starts), and runs it as one
+task pinned to that node (``NodeAffinitySchedulingStrategy``, not soft) that asks for every CPU and GPU
+the node has, so Ray starts nothing else there until it ends. A node with GPUs measures ``cuda`` jobs
+first, then ``cpu`` ones.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 from runner import queue
 from runner.child import DEFAULT_RUNS_DIR
 from runner.db import Database, safe_url
-from runner.executor import Executor, Handle, job_command, job_env, log_path_for
+from runner.executor import STOP_SIGNALS, Executor, Handle, job_command, job_env, log_path_for
 
 log = logging.getLogger("runner.ray")
 
@@ -49,7 +52,7 @@ def ray_job(claim: queue.Claim, runs_dir: str, database: str) -> int:
     if safe_url(url) != database:
         raise RuntimeError(f"FASTINST_DB on Ray node {node} is {safe_url(url)}, but the executor's database "
                            f"is {database}")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "") if claim.gpus > 0 else ""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "") if claim.gpus > 0 or claim.kind == queue.MEASURE else ""
     log_path = log_path_for(runs_dir, claim)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
@@ -66,6 +69,21 @@ class Task(Handle):
     ref: Any = None
 
 
+@dataclass(frozen=True)
+class Node:
+    """An alive Ray node: its id, host name and total resources."""
+
+    node_id: str
+    host: str
+    cpus: float
+    gpus: float
+
+    @property
+    def device_types(self) -> tuple[str, ...]:
+        """The measurements it can take, preferred first."""
+        return ("cuda", "cpu") if self.gpus else ("cpu",)
+
+
 class RayExecutor(Executor):
     def __init__(self, db: Database, *, address: str = "auto", runs_dir: str | Path = DEFAULT_RUNS_DIR,
                  poll: float = 5.0, heartbeat: float = 10.0, stale_after: float = 120.0,
@@ -75,6 +93,7 @@ class RayExecutor(Executor):
         self.address = address
         self.max_in_flight = max_in_flight
         self._old_handlers: dict[int, Any] = {}
+        self._measuring: dict[tuple[str, int], Node] = {}  # measurement claims → the node they hold
 
     def _setup(self) -> None:
         import ray
@@ -94,7 +113,7 @@ class RayExecutor(Executor):
         def _stop(_signum: int, _frame: Any) -> None:
             self.stopping = True
 
-        self._old_handlers = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._old_handlers = {s: signal.signal(s, _stop) for s in STOP_SIGNALS}
         log.info("ray executor %s: %d GPU(s), up to %d task(s) at once", self.name, self.cluster_gpus, self.slots)
 
     def _teardown(self) -> None:
@@ -104,17 +123,47 @@ class RayExecutor(Executor):
     def _claim_next(self) -> queue.Claim | None:
         if len(self.jobs) >= self.slots:
             return None
-        return queue.claim(self.db, self.name, max_gpus=self.max_gpus, device="ray")
+        return queue.claim(self.db, self.name, max_gpus=self.max_gpus, device="ray") or self._claim_measurement()
+
+    def _nodes(self) -> list[Node]:
+        return [Node(n["NodeID"], n["NodeManagerHostname"], float(n["Resources"].get("CPU", 0)),
+                     float(n["Resources"].get("GPU", 0))) for n in self.ray.nodes() if n.get("Alive")]
+
+    def _claim_measurement(self) -> queue.Claim | None:
+        """A measurement group for a node nothing of the runner's runs on (see the module docstring)."""
+        held = {node.node_id for node in self._measuring.values()}
+        for node in self._nodes():
+            if node.node_id in held:
+                continue
+            for device_type in node.device_types:
+                claim = queue.claim_measurement(self.db, self.name, device_type=device_type, host=node.host)
+                if claim is not None:
+                    self._measuring[claim.key] = node
+                    return claim
+        return None
 
     def _pending(self) -> int:
         return queue.pending(self.db, self.max_gpus)
 
+    def _slots(self) -> str:
+        return f"Ray cluster: {self.cluster_gpus} GPU(s), up to {self.slots} task(s)"
+
     def _start(self, claim: queue.Claim) -> None:
-        num_gpus = claim.gpus if self.cluster_gpus else 0
-        ref = self.remote.options(num_gpus=num_gpus, num_cpus=1).remote(claim, str(self.runs_dir),
-                                                                         self.db.display_url)
+        node = self._measuring.get(claim.key)
+        if node is not None:  # the whole node, and that node only
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options: dict[str, Any] = dict(num_cpus=node.cpus, num_gpus=node.gpus,
+                                           scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
+        else:
+            options = dict(num_gpus=claim.gpus if self.cluster_gpus else 0, num_cpus=1)
+        ref = self.remote.options(**options).remote(claim, str(self.runs_dir), self.db.display_url)
         self.jobs[claim.key] = Task(claim, ref=ref)
-        log.info("%s (%s): submitted as a Ray task (num_gpus=%d)", claim.describe(), claim.grid, num_gpus)
+        log.info("%s (%s): submitted as a Ray task (%s)", claim.describe(), claim.grid,
+                 f"the whole node {node.host}" if node else f"num_gpus={options['num_gpus']}")
+
+    def _release(self, handle: Handle) -> None:
+        self._measuring.pop(handle.claim.key, None)
 
     def _finished(self) -> list[tuple[Handle, int | None, str | None]]:
         tasks = {h.ref: h for h in self.jobs.values() if isinstance(h, Task)}

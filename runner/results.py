@@ -28,9 +28,8 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fastinst.grid import SpeedSetting, flatten
-from fastinst.grid import reference_speed as _spec_reference
-from runner.db import SUCCEEDED, Database, GridRecord, GridRow, Metrics, Run, SpeedMeasurement
+from fastinst.grid import SpeedSetting, flatten, reference_speed
+from runner.db import SUCCEEDED, Database, GridRecord, GridRow, Metrics, Run, SpeedMeasurement, in_batches
 from runner.errors import RunnerInputError
 
 
@@ -86,9 +85,9 @@ def no_speed_text(label: str) -> str:
     return f"no measurement on {label}"
 
 
-def reference_speed(record: GridRecord) -> SpeedSetting:
+def stored_reference_speed(record: GridRecord) -> SpeedSetting:
     """A stored grid's reference speed setting (its ``speed`` field, else the default by its resources)."""
-    return _spec_reference(record.spec or {})
+    return reference_speed(record.spec or {})
 
 
 def grid_record(s: Session, grid: str) -> GridRecord:
@@ -101,7 +100,7 @@ def grid_record(s: Session, grid: str) -> GridRecord:
 
 def grid_reference(db: Database, grid: str) -> SpeedSetting:
     """The reference speed setting of the stored grid ``grid``."""
-    return db.read(lambda s: reference_speed(grid_record(s, grid)))
+    return db.read(lambda s: stored_reference_speed(grid_record(s, grid)))
 
 
 def shown(name: str, value: Any) -> float:
@@ -121,9 +120,9 @@ def newest_speed(s: Session, run_ids: Iterable[int], setting: SpeedSetting) -> d
     """Per run, the newest speed row measured with exactly ``setting`` (runs without one are absent)."""
     ids = sorted(set(run_ids))
     found: dict[int, SpeedMeasurement] = {}
-    for i in range(0, len(ids), 500):
+    for batch in in_batches(ids):
         stmt = (select(SpeedMeasurement)
-                .where(SpeedMeasurement.run_id.in_(ids[i:i + 500]), SpeedMeasurement.device_type == setting.device,
+                .where(SpeedMeasurement.run_id.in_(batch), SpeedMeasurement.device_type == setting.device,
                        SpeedMeasurement.dtype == setting.dtype, SpeedMeasurement.backend == setting.backend)
                 .order_by(SpeedMeasurement.created_at, SpeedMeasurement.id))
         for row in s.scalars(stmt):
@@ -135,9 +134,9 @@ def counted_runs(s: Session, records: list[GridRecord]) -> dict[tuple[str, int, 
     """(variant hash, seed, stages) → the newest generation's succeeded run (and its metrics)."""
     hashes = sorted({row.variant_hash for r in records for row in r.rows})
     found: dict[tuple[str, int, str], tuple[Run, Metrics | None]] = {}
-    for i in range(0, len(hashes), 500):
+    for batch in in_batches(hashes):
         stmt = (select(Run, Metrics).outerjoin(Metrics, Metrics.run_id == Run.id)
-                .where(Run.variant_hash.in_(hashes[i:i + 500]), Run.status == SUCCEEDED)
+                .where(Run.variant_hash.in_(batch), Run.status == SUCCEEDED)
                 .order_by(Run.generation, Run.id))
         for run, metrics in s.execute(stmt):
             found[(run.variant_hash, run.seed, run.stages)] = (run, metrics)  # newest generation wins
@@ -162,7 +161,7 @@ def seed_results(db: Database, grid: str | None = None, setting: SpeedSetting | 
         runs = counted_runs(s, records)
         out = []
         for record in records:
-            chosen = setting or reference_speed(record)
+            chosen = setting or stored_reference_speed(record)
             hits = [(row, seed, runs.get((row.variant_hash, seed, record.stages)))
                     for row in record.rows for seed in record.row_seeds(row.name)]
             speed = newest_speed(s, [hit[0].id for _r, _s, hit in hits if hit], chosen)
@@ -214,7 +213,7 @@ def grid_table(db: Database, grid: str, setting: SpeedSetting | None = None) -> 
 
     def _grid(s: Session) -> tuple[list[GridRow], list[str], bool, SpeedSetting]:
         record = grid_record(s, grid)
-        return list(record.rows), list(record.axes), bool(record.spec.get("rows")), reference_speed(record)
+        return list(record.rows), list(record.axes), bool(record.spec.get("rows")), stored_reference_speed(record)
 
     rows, axes, explicit, reference = db.read(_grid)
     chosen = setting or reference
@@ -244,10 +243,10 @@ def runs_frame(db: Database, grid: str | None = None) -> pd.DataFrame:
         found = list(s.execute(stmt))
         newest: dict[int, SpeedMeasurement] = {}
         ids = [run.id for run, _g, _m in found]
-        for i in range(0, len(ids), 500):
-            for row in s.scalars(select(SpeedMeasurement).where(SpeedMeasurement.run_id.in_(ids[i:i + 500]))
-                                 .order_by(SpeedMeasurement.created_at, SpeedMeasurement.id)):
-                newest[row.run_id] = row
+        for batch in in_batches(ids):
+            for measured in s.scalars(select(SpeedMeasurement).where(SpeedMeasurement.run_id.in_(batch))
+                                      .order_by(SpeedMeasurement.created_at, SpeedMeasurement.id)):
+                newest[measured.run_id] = measured
         out = []
         for run, grid_name, m in found:
             speed = newest.get(run.id)
@@ -303,7 +302,7 @@ def speed_settings(db: Database, grids: list[str] | None = None) -> list[SpeedSe
                 .join(GridRecord, GridRecord.id == Run.grid_id))
         if grids is not None:
             stmt = stmt.where(GridRecord.name.in_(grids))
-        return [tuple(r) for r in s.execute(stmt)]
+        return [(device, dtype, backend, run_id) for device, dtype, backend, run_id in s.execute(stmt)]
 
     runs: dict[SpeedSetting, set[int]] = {}
     for device, dtype, backend, run_id in db.read(_query):

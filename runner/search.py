@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from sqlalchemy import func, select
@@ -33,13 +33,14 @@ from fastinst.grid import Grid, GridError, Row, SpeedSetting, flatten, line_of, 
 from runner import queue
 from runner.db import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Database, MeasureJob, Metrics, Run
 from runner.results import newest_speed
-from runner.stages import parse_grid
+from runner.stages import parse_stage_grid
 
 log = logging.getLogger("runner.search")
 
 # objective → (metrics column, or "fps": the speed table; direction)
-OBJECTIVES = {"AP": ("AP", "maximize"), "AP50": ("AP50", "maximize"), "FPS": ("fps", "maximize"),
-              "GFLOPs": ("gflops", "minimize"), "params": ("params", "minimize")}
+OBJECTIVES: dict[str, tuple[str, Literal["minimize", "maximize"]]] = {
+    "AP": ("AP", "maximize"), "AP50": ("AP50", "maximize"), "FPS": ("fps", "maximize"),
+    "GFLOPs": ("gflops", "minimize"), "params": ("params", "minimize")}
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
             "random": optuna.samplers.RandomSampler}
 
@@ -69,7 +70,7 @@ def load_search(path: str | Path) -> SearchSpec:
 
     if "axes" in spec or "zip" in spec or "rows" in spec:
         raise GridError(f"{path}:{line_of(text, 'axes')}: a search spec has a search space instead of axes/zip/rows")
-    grid = parse_grid(spec, source=str(path), root=path.parent, text=text, path=path)
+    grid = parse_stage_grid(spec, source=str(path), root=path.parent, text=text, path=path)
     for key in search:
         if key not in ("objectives", "space", "sampler"):
             raise error((key,), f"unknown field {key!r} (known: objectives, space, sampler)")
@@ -197,6 +198,7 @@ def run_search(db: Database, spec: SearchSpec, *, trials: int, parallel: int = 1
                 continue
             del in_flight[number]
             if state == "done":
+                assert isinstance(values, list)  # "done" comes with the objectives' values
                 study.tell(trial, values)
                 log.info("trial %d: %s", number, dict(zip(spec.objectives, values)))
             else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 import pandas as pd
 from sqlalchemy import select
@@ -30,6 +31,16 @@ from runner.queue import run_key
 from runner.results import grid_record
 
 
+class AddedSeedEntry(TypedDict):
+    """One seed the policy added: its step, row, seed, the run it queued (None once deleted) and why."""
+
+    step: int
+    row: str
+    seed: int
+    run_id: int | None
+    reason: str
+
+
 @dataclass(frozen=True)
 class PolicyState:
     """Where a grid's seed policy stands: the policy, per row its seed count, what it added, and why it
@@ -37,7 +48,7 @@ class PolicyState:
 
     policy: SeedPolicy | None
     seeds: dict[str, int]
-    added: list[dict[str, object]]
+    added: list[AddedSeedEntry]
     waiting: str = ""
 
 
@@ -64,8 +75,9 @@ def policy_state(db: Database, grid: str) -> PolicyState:
         policy = _policy(record)
         runs = _runs_by_seed(s, record)
         seeds = {row.name: len(record.row_seeds(row.name)) for row in record.rows}
-        added = [{"step": a.step, "row": a.row_name, "seed": a.seed, "run_id": a.run_id, "reason": a.reason}
-                 for a in record.added_seeds]
+        added: list[AddedSeedEntry] = [
+            {"step": a.step, "row": a.row_name, "seed": a.seed, "run_id": a.run_id, "reason": a.reason}
+            for a in record.added_seeds]
         open_runs = [f"{row.name} seed {seed}" for row in record.rows for seed in record.row_seeds(row.name)
                      if (run := runs.get((row.name, seed))) is None or run.status != SUCCEEDED]
         waiting = f"{len(open_runs)} run(s) not succeeded yet: {', '.join(open_runs[:6])}" if open_runs else ""

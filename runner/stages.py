@@ -2,7 +2,7 @@
 
 A grid's ``stages`` name entries of ``STAGES`` (they run in the registry's order) and its
 ``stage_options: {stage: {option: value}}`` are checked against the stage's options dataclass when
-the grid is read (``load_grid``/``parse_grid`` here pass the registry to ``fastinst.grid``), with
+the grid is read (``load_stage_grid``/``parse_stage_grid`` here pass the registry to ``fastinst.grid``), with
 errors naming the file, line and key. A job gets the options with their defaults filled in from
 ``JobContext.options_for(stage)``.
 
@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
-from fastinst.config import Config
+from fastinst.config import Config, ConfigError, check_value
 from fastinst.engine.records import StepRecord
-from fastinst.grid import Grid, StageOptionError
-from fastinst.grid import load_grid as _load_grid
-from fastinst.grid import parse_grid as _parse_grid
+from fastinst.grid import Grid, StageOptionError, load_grid, parse_grid
 
 EVAL_KEYS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR100")
 ANALYZE_KEYS = ("params", "gflops")
@@ -74,48 +71,6 @@ class NoopOptions:
                                       metadata={"keys": (*EVAL_KEYS, *ANALYZE_KEYS, *SPEED_KEYS)})
 
 
-def _describe(tp: Any, low: float | None = None) -> str:
-    """``tp`` in words, e.g. ``a list of 2 integers >= 1 or null``."""
-    if get_origin(tp) in (Union, types.UnionType):
-        return " or ".join(_describe(a, low) for a in get_args(tp))
-    if get_origin(tp) is tuple:
-        return f"a list of {len(get_args(tp))} {_plural(_describe(get_args(tp)[0], low))}"
-    if get_origin(tp) is dict:
-        return f"a mapping of names to {_plural(_describe(get_args(tp)[1]))}"
-    bound = f" >= {low}" if low is not None and tp in (int, float) else ""
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            type(None): "null"}[tp] + bound
-
-
-def _plural(words: str) -> str:
-    noun, _, rest = words.removeprefix("an ").removeprefix("a ").partition(" ")
-    return f"{noun}s {rest}".strip()
-
-
-def _matches(tp: Any, value: Any, low: float | None) -> bool:
-    """Whether ``value`` (from YAML) fits type hint ``tp`` (and is >= ``low`` where it is a number)."""
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return any(_matches(a, value, low) for a in get_args(tp))
-    if origin is tuple:
-        args = get_args(tp)
-        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(
-            _matches(a, v, low) for a, v in zip(args, value))
-    if origin is dict:
-        return isinstance(value, dict) and all(_matches(get_args(tp)[1], v, None) for v in value.values())
-    if tp is type(None):
-        return value is None
-    if tp is bool or isinstance(value, bool):
-        return tp is bool and isinstance(value, bool)
-    if tp in (int, float):
-        return isinstance(value, int if tp is int else (int, float)) and (low is None or value >= low)
-    return isinstance(value, tp)
-
-
-def _wants_tuple(tp: Any) -> bool:
-    return get_origin(tp) is tuple or any(get_origin(a) is tuple for a in get_args(tp))
-
-
 # --------------------------------------------------------------------------- the job's view
 
 
@@ -132,7 +87,7 @@ class JobContext:
     on_record: Callable[[dict[str, Any]], None]
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     artifacts: list[tuple[str, str]] = field(default_factory=list)
-    # runner.measure.MeasureTarget when running as a measurement job (device, dtype, backend, job id, token)
+    # runner.timing.MeasureTarget when running as a measurement job (device, dtype, backend, job id, token)
     measure: Any = None
 
     def data_spec(self) -> Any:
@@ -229,29 +184,30 @@ class Stage:
     exclusive: bool = False
     runs_alone: bool = False
 
-    def check_options(self, options: dict[str, Any]) -> None:
-        """Raise ``StageOptionError`` (naming the option) for an unknown option or a bad value."""
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options checked against the options dataclass's field types (``fastinst.config.check_value``)
+        and converted where lossless; ``StageOptionError`` (naming the option) for an unknown option or a bad value."""
         fields = {f.name: f for f in dataclasses.fields(self.options)}
         hints = get_type_hints(self.options)
+        checked = {}
         for key, value in options.items():
             if key not in fields:
                 raise StageOptionError(str(key), f"unknown option {key!r} for stage {self.name!r} "
                                                  f"(known: {list(fields)})")
             meta = fields[key].metadata
-            low = meta.get("min")
-            if not _matches(hints[key], value, low):
-                raise StageOptionError(key, f"{self.name}.{key}: expected {_describe(hints[key], low)}, got {value!r}")
+            try:
+                checked[key] = check_value(value, hints[key], f"{self.name}.{key}", meta.get("min"))
+            except ConfigError as exc:
+                raise StageOptionError(key, str(exc)) from None
             unknown = sorted(set(value) - set(meta["keys"])) if "keys" in meta else []
             if unknown:
                 raise StageOptionError(key, f"{self.name}.{key}: unknown name {unknown[0]!r} "
                                             f"(known: {list(meta['keys'])})")
+        return checked
 
     def parse_options(self, options: Mapping[str, Any]) -> Any:
-        """The options dataclass from a (checked) mapping; lists become tuples where the type says so."""
-        self.check_options(dict(options))
-        hints = get_type_hints(self.options)
-        return self.options(**{k: tuple(v) if isinstance(v, list) and _wants_tuple(hints[k]) else v
-                               for k, v in options.items()})
+        """The options dataclass from a mapping, checked (``check_options``) over its defaults."""
+        return self.options(**self.check_options(options))
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
@@ -264,12 +220,14 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
 )}
 
 
-def parse_grid(spec: Any, source: str = "<grid>", root: Path | None = None, text: str | None = None,
-               path: Path | None = None) -> Grid:
-    """``fastinst.grid.parse_grid`` with the stages checked against ``STAGES``."""
-    return _parse_grid(spec, source=source, root=root, text=text, path=path, stages=STAGES)
+def parse_stage_grid(spec: Any, source: str = "<grid>", root: Path | None = None, text: str | None = None,
+                     path: Path | None = None) -> Grid:
+    """A grid mapping parsed (``fastinst.grid.parse_grid``) with its stages and stage options checked
+    against the runner's stage catalog ``STAGES``."""
+    return parse_grid(spec, source=source, root=root, text=text, path=path, stages=STAGES)
 
 
-def load_grid(path: str | Path) -> Grid:
-    """``fastinst.grid.load_grid`` with the stages checked against ``STAGES``."""
-    return _load_grid(path, stages=STAGES)
+def load_stage_grid(path: str | Path) -> Grid:
+    """A grid file read (``fastinst.grid.load_grid``) with its stages and stage options checked against
+    the runner's stage catalog ``STAGES``."""
+    return load_grid(path, stages=STAGES)

@@ -30,7 +30,7 @@ from typing import IO, Any
 from runner import queue
 from runner.child import DEFAULT_RUNS_DIR
 from runner.db import Database, host_name
-from runner.executor import Executor, Handle, job_command, job_env, log_path_for
+from runner.executor import STOP_SIGNALS, Executor, Handle, job_command, job_env, log_path_for
 
 log = logging.getLogger("runner.worker")
 
@@ -48,7 +48,7 @@ class Worker(Executor):
     def __init__(self, db: Database, *, gpus: list[int] | None = None, cpu_slots: int = 1,
                  runs_dir: str | Path = DEFAULT_RUNS_DIR, poll: float = 5.0, heartbeat: float = 10.0,
                  stale_after: float = 120.0, exit_when_empty: bool = False, name: str | None = None,
-                 grace: float = 10.0) -> None:
+                 grace: float = 10.0, stop_signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
         super().__init__(db, name=name or f"{socket.gethostname()}:{os.getpid()}", runs_dir=runs_dir, poll=poll,
                          heartbeat=heartbeat, stale_after=stale_after, exit_when_empty=exit_when_empty)
         self.gpu_mode = bool(gpus)
@@ -59,6 +59,7 @@ class Worker(Executor):
         self.cpu_threads = None if gpus else max(1, (os.cpu_count() or 1) // max(1, cpu_slots))
         self.max_gpus = len(self.free_gpus) if gpus else 1
         self.grace = grace
+        self.stop_signals = stop_signals
         self._wake_r = self._wake_w = -1
 
     # ------------------------------------------------------------------ claiming and starting
@@ -75,6 +76,9 @@ class Worker(Executor):
 
     def _pending(self) -> int:
         return queue.pending(self.db, self.max_gpus, self.device_type)
+
+    def _slots(self) -> str:
+        return f"GPUs {','.join(map(str, self.free_gpus))}" if self.gpu_mode else f"{self.free_cpu} CPU slot(s)"
 
     def _start(self, claim: queue.Claim) -> None:
         if self.gpu_mode:
@@ -95,7 +99,7 @@ class Worker(Executor):
         proc = subprocess.Popen(
             job_command(claim, self.runs_dir), stdout=log_file, stderr=subprocess.STDOUT,
             env=job_env(self.db.url_string, claim, visible, direct_child=claim.gpus <= 1, cpu_threads=threads),
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_ignore_warning_signal,
         )
         self.jobs[claim.key] = Job(claim, proc=proc, gpus=gpus, log_file=log_file)
         log.info("%s (%s, attempt %d) started: pid %d, devices %r",
@@ -148,9 +152,10 @@ class Worker(Executor):
         def _stop(signum: int, _frame: Any) -> None:
             log.info("worker %s: got %s", self.name, signal.Signals(signum).name)
             self.stopping = True
+            self.stopped_by = self.stopped_by or signum
 
-        signal.signal(signal.SIGINT, _stop)
-        signal.signal(signal.SIGTERM, _stop)
+        for sig in self.stop_signals:
+            signal.signal(sig, _stop)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the loop when a job ends
 
     def _wait(self, timeout: float) -> None:
@@ -161,6 +166,12 @@ class Worker(Executor):
                     pass
             except BlockingIOError:
                 pass
+
+
+def _ignore_warning_signal() -> None:
+    """In a job's process, before it starts: ignore ``SIGUSR2``, SLURM's time-limit warning, which SLURM
+    sends to every process of the step; the worker alone acts on it (and stops its jobs)."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

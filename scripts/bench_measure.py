@@ -32,7 +32,7 @@ from runner import queue
 from runner.db import Database, GridRecord, MeasureJob, Run, SpeedMeasurement, host_name, init_db
 from runner.job import run_job
 from runner.measure import measure_grid
-from runner.stages import parse_grid
+from runner.stages import parse_stage_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 def finished_grid(db: Database, name: str, config: Path, data: Path, seeds: list[int], runs_dir: Path) -> None:
     """Succeeded (untrained) runs of ``config``, one per seed, in grid ``name`` (runs are deduplicated
     by config and seed across grids, so each grid needs its own seeds)."""
-    grid = parse_grid({"name": name, "base": str(config), "stages": ["noop"], "seeds": seeds,
+    grid = parse_stage_grid({"name": name, "base": str(config), "stages": ["noop"], "seeds": seeds,
                        "resources": {"gpus": 0}, "data": str(data)}, root=REPO)
     queue.submit(db, grid)
     while (claim := queue.claim(db, "bench_measure", max_gpus=1, device="cpu", host=host_name())) is not None:

@@ -23,14 +23,14 @@ from sqlalchemy import select
 
 from runner import queue
 from runner.db import Metrics, Run, init_db
-from runner.stages import parse_grid
+from runner.stages import parse_stage_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def noop_grid(name: str, runs: int, layers: int):  # noqa: ANN201 - a fastinst.grid.Grid
     """``runs`` no-op runs; ``layers`` makes each phase's configs distinct (runs are deduplicated)."""
-    return parse_grid({"name": name, "stages": ["noop"], "seeds": runs, "resources": {"gpus": 0},
+    return parse_stage_grid({"name": name, "stages": ["noop"], "seeds": runs, "resources": {"gpus": 0},
                        "base": {"model.decoder.num_layers": layers}})
 
 

@@ -31,7 +31,7 @@ from fastinst.data.synthetic import make_synthetic
 from runner import queue
 from runner.db import REPO_ROOT, Database, MeasureJob, Run, TrainRecord, init_db, resolve_url
 from runner.export import export_grid, status_frame
-from runner.stages import load_grid
+from runner.stages import load_stage_grid
 
 GRID = REPO_ROOT / "experiments" / "demo.yaml"
 DATA = REPO_ROOT / "data" / "demo_shapes"
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     url = resolve_url(args.db)
     ensure_data(args.train_images, args.val_images, size=160)
-    grid = load_grid(GRID)
+    grid = load_stage_grid(GRID)
     db = init_db(url)
     result = queue.submit(db, grid)
     print(f"[2/4] submitted {GRID.relative_to(REPO_ROOT)} to {db.display_url}: {len(result.queued)} new run(s) "

@@ -36,7 +36,7 @@ from runner.db import (
     TrainRecord,
     utcnow,
 )
-from runner.stages import parse_grid
+from runner.stages import parse_stage_grid
 
 V100 = "Tesla V100-SXM2-16GB"
 CPU = "Intel(R) Xeon(R) CPU @ 2.20GHz"
@@ -65,7 +65,7 @@ def grid(name: str, axes: dict[str, list[Any]], seeds: list[int], root: Path, *,
         spec["stages"] = ["noop"]
     if reference:
         spec["reference"] = reference
-    return parse_grid(spec, source=name, root=root)
+    return parse_stage_grid(spec, source=name, root=root)
 
 
 def runs_of(db: Database, grid_name: str) -> list[tuple[int, dict[str, Any], int]]:

@@ -576,7 +576,7 @@ def _paper_like(db: Database, path: Path, fps: dict[str, float]) -> None:
     from dashboard_demo import runs_of, speed, succeed
 
     from runner import queue
-    from runner.stages import parse_grid as runner_grid
+    from runner.stages import parse_stage_grid as runner_grid
 
     spec = yaml.safe_load(path.read_text())
     spec = {k: v for k, v in spec.items() if k not in ("data", "stage_options", "seed_policy")} | {

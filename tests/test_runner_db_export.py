@@ -34,7 +34,7 @@ from runner.db import (
     utcnow,
 )
 from runner.export import ExportError, export_grid, format_table, grid_table, status_frame
-from runner.stages import load_grid
+from runner.stages import load_stage_grid
 
 
 def test_migrations_build_the_models_schema_and_rerun_cleanly(tmp_path: Path) -> None:
@@ -45,11 +45,11 @@ def test_migrations_build_the_models_schema_and_rerun_cleanly(tmp_path: Path) ->
         assert compare_metadata(ctx, Base.metadata) == []
         assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == head_revision()
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-    queue.submit(db, load_grid(write_grid(tmp_path / "g.yaml", seeds=2)))
+    queue.submit(db, load_stage_grid(write_grid(tmp_path / "g.yaml", seeds=2)))
     db.dispose()
     # Reopening an existing results.db keeps its data.
     again = init_db(url)
-    assert len(queue.submit(again, load_grid(write_grid(tmp_path / "g.yaml", seeds=2))).active) == 2
+    assert len(queue.submit(again, load_stage_grid(write_grid(tmp_path / "g.yaml", seeds=2))).active) == 2
     again.dispose()
 
 
@@ -103,7 +103,7 @@ def _fake_results(db: Database, values: dict[tuple[int, int], dict[str, float]])
 
 def test_grid_table_mean_and_std_over_seeds(tmp_path: Path) -> None:
     db = init_db(f"sqlite:///{tmp_path / 'r.db'}")
-    grid = load_grid(write_grid(tmp_path / "g.yaml", name="layers", seeds=[0, 1],
+    grid = load_stage_grid(write_grid(tmp_path / "g.yaml", name="layers", seeds=[0, 1],
                                 extra="axes:\n  model.decoder.num_layers: [1, 3]\n"))
     assert grid.speed == SpeedSetting("cpu", "float32", "eager")  # a gpus: 0 grid
     queue.submit(db, grid)
@@ -150,7 +150,7 @@ def test_grid_table_mean_and_std_over_seeds(tmp_path: Path) -> None:
 
 def test_export_picks_the_device_and_dtype_asked(tmp_path: Path) -> None:
     db = init_db(f"sqlite:///{tmp_path / 'r.db'}")
-    queue.submit(db, load_grid(write_grid(tmp_path / "g.yaml", name="layers", seeds=[0],
+    queue.submit(db, load_stage_grid(write_grid(tmp_path / "g.yaml", name="layers", seeds=[0],
                                           extra="axes:\n  model.decoder.num_layers: [1, 3]\n")))
     _fake_results(db, {(1, 0): {"AP": 0.3, "cpu": 20.0, "cuda": 200.0}, (3, 0): {"AP": 0.35, "cuda": 150.0}})
     run_ids = db.read(lambda s: [m.run_id for m in s.scalars(select(Metrics).order_by(Metrics.run_id))])

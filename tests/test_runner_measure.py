@@ -46,7 +46,7 @@ from runner.db import (
 from runner.errors import RunnerInputError
 from runner.job import run_job
 from runner.measure import measure_grid
-from runner.stages import load_grid
+from runner.stages import load_stage_grid
 
 # test_train's tiny model, at a smaller test size, so timing it takes well under a second.
 TINY = {**TRAIN_TINY, "input.min_size_test": 64, "input.max_size_test": 96}
@@ -85,7 +85,7 @@ def finish_in_process(db: Database, tmp_path: Path) -> None:
 
 
 def test_measurement_claims_are_host_exclusive(db: Database, tmp_path: Path) -> None:
-    queue.submit(db, load_grid(write_grid(tmp_path / "g.yaml", seeds=4)))
+    queue.submit(db, load_stage_grid(write_grid(tmp_path / "g.yaml", seeds=4)))
     settings = {"device_type": "cpu", "dtype": "float32", "backend": "eager", "images": 1, "warmup": 0,
                 "repeats": 1, "weights": None}
     db.write(lambda s: queue.add_measurement(s, s.get(Run, 1), settings, source="stage"))
@@ -99,11 +99,11 @@ def test_measurement_claims_are_host_exclusive(db: Database, tmp_path: Path) -> 
     assert queue.claim(db, "w2", max_gpus=1, device="cpu", host="h2") is None
     assert queue.claim(db, "w1", max_gpus=1, device="cpu", host="h1") is not None  # other hosts carry on
     assert db.read(lambda s: queue.host_jobs(s, "h2")) == [
-        {"kind": "measure", "id": measuring.job_id, "run_id": 1, "worker": "w2",
-         "since": db.read(lambda s2: f"{s2.get(MeasureJob, measuring.job_id).started_at:%Y-%m-%d %H:%M:%S}")}]
+        {"kind": "measure", "id": measuring.id, "run_id": 1, "worker": "w2",
+         "since": db.read(lambda s2: f"{s2.get(MeasureJob, measuring.id).started_at:%Y-%m-%d %H:%M:%S}")}]
     # A killed measurement is requeued with the attempt counted, like a run.
-    assert queue.fail(db, measuring.job_id, measuring.token, "killed", kind=queue.MEASURE) == QUEUED
-    job = db.read(lambda s: s.get(MeasureJob, measuring.job_id))
+    assert queue.fail(db, measuring.id, measuring.token, "killed", kind=queue.MEASURE) == QUEUED
+    job = db.read(lambda s: s.get(MeasureJob, measuring.id))
     assert job.attempts == 1 and "attempt 1: killed" in job.error
     assert queue.claim(db, "w2", max_gpus=1, device="cpu", host="h2") is not None
     assert [c["status"] for c in queue.measurement_counts(db)] == [QUEUED]
@@ -125,7 +125,7 @@ def test_host_exclusivity_holds_under_contention(db: Database, tmp_path: Path) -
     """Four claimers on one host race compute and measurement claims: either one measurement group runs
     there (one claimer's, all four jobs: they share grid and settings) and nothing else, or only runs do
     (each check-and-claim is atomic per host)."""
-    queue.submit(db, load_grid(write_grid(tmp_path / "g.yaml", seeds=12)))
+    queue.submit(db, load_stage_grid(write_grid(tmp_path / "g.yaml", seeds=12)))
     settings = {"device_type": "cpu", "dtype": "float32", "backend": "eager", "images": 1, "warmup": 0,
                 "repeats": 1, "weights": None}
     for run_id in range(1, 5):
@@ -157,9 +157,9 @@ def test_host_exclusivity_holds_under_contention(db: Database, tmp_path: Path) -
 def test_a_waiting_runner_measure_drains_its_host(db: Database, tmp_path: Path, data: Path) -> None:
     """While ``runner measure`` waits for a run on its host, no new run starts there; it measures once
     the run is done, and its row records that nothing else ran."""
-    queue.submit(db, load_grid(tiny_grid(tmp_path / "m.yaml", "m", data, ["noop"])))
+    queue.submit(db, load_stage_grid(tiny_grid(tmp_path / "m.yaml", "m", data, ["noop"])))
     finish_in_process(db, tmp_path)
-    queue.submit(db, load_grid(write_grid(tmp_path / "busy.yaml", name="busy", seeds=2)))
+    queue.submit(db, load_stage_grid(write_grid(tmp_path / "busy.yaml", name="busy", seeds=2)))
     busy = queue.claim(db, "w", max_gpus=1, device="cpu", host=host_name())
     lines: list[str] = []
     thread = threading.Thread(target=measure_grid, args=(db, "m"),
@@ -241,7 +241,7 @@ def test_killed_measurement_is_requeued_and_counted(tmp_path: Path, data: Path) 
     url = f"sqlite:///{tmp_path / 'results.db'}"
     db = init_db(url)
     grid = tiny_grid(tmp_path / "b.yaml", "b", data, ["bench"], options={"bench": {"images": 2, "repeats": 5000}})
-    queue.submit(db, load_grid(grid))
+    queue.submit(db, load_stage_grid(grid))
     worker = start_worker(url, tmp_path, "w")
     try:
         wait_for(lambda: db.read(lambda s: s.scalars(select(MeasureJob.status)).first()) == RUNNING, 60,
@@ -270,7 +270,7 @@ def test_killed_measurement_is_requeued_and_counted(tmp_path: Path, data: Path) 
 @pytest.fixture
 def finished_grid(db: Database, tmp_path: Path) -> Iterator[Database]:
     """Grid "t": two succeeded runs that never trained, each with a speed row from its noop stage."""
-    queue.submit(db, load_grid(tiny_grid(tmp_path / "t.yaml", "t", None, ["noop"], seeds=2,
+    queue.submit(db, load_stage_grid(tiny_grid(tmp_path / "t.yaml", "t", None, ["noop"], seeds=2,
                                          options={"noop": {"metrics": {"AP": 0.5, "fps": 7.0}}})))
     finish_in_process(db, tmp_path)
     yield db
@@ -374,7 +374,7 @@ def test_a_stage_given_a_broken_checkpoint_stores_one_line(db: Database, tmp_pat
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     grid = tiny_grid(tmp_path / "g.yaml", "broken", data, ["eval"], options={"eval": {"weights": str(bad)}})
-    queue.submit(db, load_grid(grid), max_attempts=1)
+    queue.submit(db, load_stage_grid(grid), max_attempts=1)
     claim = queue.claim(db, "t", max_gpus=1, device="cpu", host=host_name())
     assert claim is not None and run_job(db, claim.run_id, claim.token, tmp_path / "runs") == 1
     run = db.read(lambda s: s.get(Run, claim.run_id))
@@ -453,7 +453,7 @@ def test_bench_interleaved_builds_warms_up_then_rotates(data: Path, tmp_path: Pa
 
 def test_runner_measure_interleaves_the_runs(db: Database, tmp_path: Path, data: Path,
                                              capsys: pytest.CaptureFixture) -> None:
-    queue.submit(db, load_grid(tiny_grid(tmp_path / "t.yaml", "t", None, ["noop"], seeds=3)))
+    queue.submit(db, load_stage_grid(tiny_grid(tmp_path / "t.yaml", "t", None, ["noop"], seeds=3)))
     finish_in_process(db, tmp_path)
     args = ["--db", db.url_string, "measure", "t", "--device", "cpu", "--repeats", "3", "--images", "2",
             "--data", str(data), "--poll", "0.1", "--runs-dir", str(tmp_path / "runs")]

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from fastinst.grid import GridError
 from runner import queue
 from runner.db import SUCCEEDED, Database, Run, init_db
-from runner.stages import load_grid
+from runner.stages import load_stage_grid
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_ray_executor_runs_a_grid_with_logical_gpus(db: Database, tmp_path: Path
     from runner.ray_executor import RayExecutor
 
     local_ray(db.url_string)
-    grid = load_grid(write_grid(tmp_path / "g.yaml", name="rayg", seeds=2, gpus=1, noop={"metrics": {"AP": 3.0}},
+    grid = load_stage_grid(write_grid(tmp_path / "g.yaml", name="rayg", seeds=2, gpus=1, noop={"metrics": {"AP": 3.0}},
                                 extra="axes:\n  model.decoder.num_layers: [1, 2]\n"))
     assert len(queue.submit(db, grid).queued) == 4
     executor = RayExecutor(db, runs_dir=tmp_path / "runs", poll=0.2, heartbeat=0.5, stale_after=5,
@@ -68,6 +68,46 @@ def test_ray_executor_runs_a_grid_with_logical_gpus(db: Database, tmp_path: Path
     visible = {(tmp_path / "runs" / "rayg" / str(r.id) / "job.log").read_text().split("CUDA_VISIBLE_DEVICES=")[1][:3]
                for r in runs}
     assert visible <= {"'0'", "'1'"} and visible
+
+
+def test_ray_executor_measures_on_a_whole_node(db: Database, tmp_path: Path,
+                                              local_ray: Callable[[str], None]) -> None:
+    """A grid with a bench stage: the runs train (nothing to train) as tasks, then their measurements run as one
+    interleaved group in a task pinned to the node that holds every CPU and GPU of it."""
+    import yaml
+
+    from fastinst.data.synthetic import make_synthetic
+    from runner.db import MeasureJob, SpeedMeasurement
+    from runner.ray_executor import RayExecutor
+
+    make_synthetic(tmp_path / "data", num_train=1, num_val=2, size=64, workers=1)
+    from test_train import TINY
+
+    tiny = {**TINY, "input.min_size_test": 64, "input.max_size_test": 96}
+    spec = {"name": "raym", "base": tiny, "stages": ["bench"], "seeds": 2, "resources": {"gpus": 0},
+            "data": str(tmp_path / "data"), "stage_options": {"bench": {"images": 2, "warmup": 1, "repeats": 2}}}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(spec))
+    local_ray(db.url_string)
+    assert len(queue.submit(db, load_stage_grid(tmp_path / "m.yaml")).queued) == 2
+    calls: list[dict[str, Any]] = []
+    executor = RayExecutor(db, runs_dir=tmp_path / "runs", poll=0.2, heartbeat=0.5, stale_after=30,
+                           exit_when_empty=True)
+    start = executor._start
+
+    def _start(claim: queue.Claim) -> None:
+        start(claim)
+        calls.append({"kind": claim.kind, "members": len(claim.members), "node": executor._measuring.get(claim.key)})
+
+    executor._start = _start  # type: ignore[method-assign]  # records what each task was given
+    assert executor.run() == 0
+    jobs = db.read(lambda s: list(s.scalars(select(MeasureJob))))
+    assert [(j.status, j.attempts) for j in jobs] == [(SUCCEEDED, 1)] * 2
+    assert db.read(lambda s: len(list(s.scalars(select(SpeedMeasurement))))) == 2
+    measured = [c for c in calls if c["kind"] == queue.MEASURE]
+    assert len(measured) == 1 and measured[0]["members"] == 2  # one interleaved group, one task
+    node = measured[0]["node"]
+    assert node is not None and (node.cpus, node.gpus) == (2.0, 2.0) and node.device_types == ("cuda", "cpu")
+    assert executor._measuring == {}
 
 
 class RecordingExecutor:
@@ -103,7 +143,7 @@ def test_ray_tasks_never_see_the_database_password(tmp_path: Path, pg_url: str, 
     url = make_url(pg_url).set(password=secret).render_as_string(hide_password=False)
     db = init_db(url)
     local_ray(url)
-    grid = load_grid(write_grid(tmp_path / "g.yaml", name="secret", seeds=2, gpus=1, noop={"metrics": {"AP": 1.0}}))
+    grid = load_stage_grid(write_grid(tmp_path / "g.yaml", name="secret", seeds=2, gpus=1, noop={"metrics": {"AP": 1.0}}))
     queue.submit(db, grid)
     calls: list[tuple[Any, ...]] = []
     executor = RayExecutor(db, runs_dir=tmp_path / "runs", poll=0.2, heartbeat=0.5, stale_after=5,

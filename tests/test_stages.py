@@ -12,7 +12,7 @@ from fastinst.config import Config
 from fastinst.grid import GridError, StageOptionError
 from runner.db import Metrics
 from runner.job import metrics_row, speed_rows
-from runner.stages import STAGES, BenchOptions, EvalOptions, JobContext, load_grid
+from runner.stages import STAGES, BenchOptions, EvalOptions, JobContext, load_stage_grid
 
 
 def _ctx(tmp_path: Path, options: dict, attempt: int = 1) -> tuple[JobContext, list[dict]]:
@@ -68,7 +68,7 @@ def test_unknown_option_in_a_grid_names_file_line_and_key(tmp_path: Path) -> Non
             repets: 3
     """))
     with pytest.raises(GridError) as info:
-        load_grid(path)
+        load_stage_grid(path)
     assert str(info.value).startswith(f"{path}:7: stage_options: unknown option 'repets' for stage 'bench'")
 
 

@@ -22,14 +22,8 @@ from fastinst.data.synthetic import make_synthetic
 from fastinst.deploy.bench import bench
 from fastinst.engine import train as train_module
 from fastinst.engine.records import EvalRecord, RecordError, StepRecord, parse_record
-from fastinst.engine.train import (
-    NonFiniteLossError,
-    autocast_dtype,
-    build_optimizer,
-    build_scheduler,
-    lr_factor,
-    train,
-)
+from fastinst.engine.solver import build_optimizer, build_scheduler, lr_factor
+from fastinst.engine.train import NonFiniteLossError, autocast_dtype, train
 
 TINY = {
     "model.num_classes": 4, "model.hidden_dim": 64, "model.backbone.name": "resnet18",

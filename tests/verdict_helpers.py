@@ -126,10 +126,10 @@ def grid_yaml(tmp: Path, rows: list[str], seeds: int, extra: str = "", same: tup
 def comparison_db(tmp: Path, db: Database, qualities: dict[str, float], seeds: int = 2, n_images: int = 40,
                   extra: str = "", same: tuple[str, ...] = ()) -> dict[str, Any]:
     """Submit a grid of ``qualities``' rows and evaluate every run (module docstring); returns the val set."""
-    from runner.stages import load_grid
+    from runner.stages import load_stage_grid
 
     gt = synthetic_val(n_images)
-    grid = load_grid(grid_yaml(tmp, list(qualities), seeds, extra, same))
+    grid = load_stage_grid(grid_yaml(tmp, list(qualities), seeds, extra, same))
     queue.submit(db, grid)
     evaluate_queued(db, tmp, gt, qualities)
     return gt

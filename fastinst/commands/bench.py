@@ -10,6 +10,9 @@ from pathlib import Path
 
 from fastinst.config import Config
 from fastinst.data.spec import DatasetError
+from fastinst.deploy.backends import BACKENDS
+from fastinst.deploy.backends.onnx_runtimes import RUNTIMES
+from fastinst.engine.precision import DTYPES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,13 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=100, help="time the first N val images (default 100)")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up images (default 5)")
     p.add_argument("--repeats", type=int, default=1, help="timed passes over the images (median FPS; default 1)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="inference precision (default float32)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--backend", default="eager",
-                   help="eager (default) | compile | cudagraph (CUDA) | onnxruntime | openvino; the ONNX ones "
+    p.add_argument("--backend", choices=list(BACKENDS), default="eager",
+                   help=f"inference backend (default eager; cudagraph needs CUDA); {' and '.join(RUNTIMES)} "
                         "export CONFIG first unless --onnx")
     p.add_argument("--channels-last", action="store_true", help="NHWC conv weights and activations (torch backends)")
-    p.add_argument("--onnx", help="exported ONNX file for --backend onnxruntime/openvino (from fastinst export)")
+    p.add_argument("--onnx", help=f"exported ONNX file for --backend {'/'.join(RUNTIMES)} (from fastinst export)")
     p.add_argument("--compare", action="store_true",
                    help="every available backend/dtype side by side on the same images (alternating passes, "
                         "--repeats rounds), with each one's deviation from eager float32")
@@ -69,10 +72,10 @@ def _compare(cfg: Config, args: argparse.Namespace) -> int:
     import torch
 
     from fastinst.commands.evaluate import data_spec
-    from fastinst.deploy.backends import pick_device
     from fastinst.deploy.bench import device_name, load_images
     from fastinst.deploy.compare import compare, default_variants, variant_builder
     from fastinst.deploy.report import format_table
+    from fastinst.engine.device import pick_device
 
     device = pick_device(args.device)
     samples = load_images(cfg, data_spec(args), args.images)

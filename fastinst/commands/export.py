@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from fastinst import load_config
-    from fastinst.deploy.backends import load_model
     from fastinst.deploy.onnx_export import OPSET, export_model, verify_export
+    from fastinst.engine.model import load_model
 
     cfg = load_config(args.config, args.overrides)
     try:

@@ -7,6 +7,8 @@ import sys
 
 from tqdm import tqdm
 
+from fastinst.deploy.backends import BACKENDS
+from fastinst.engine.precision import DTYPES
 from fastinst.predict.media import IMAGE_EXTS, VIDEO_EXTS
 
 
@@ -25,10 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                       "for smoke tests)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score", type=float, default=0.5, help="score threshold of drawn instances (default 0.5)")
-    p.add_argument("--backend", help="eager, compile, cudagraph, onnxruntime, openvino (fastinst.deploy; "
-                                     "default: onnxruntime for an .onnx file, else eager)")
+    p.add_argument("--backend", choices=list(BACKENDS),
+                   help="inference backend (default: onnxruntime for an .onnx file, else eager)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="inference precision (default float32)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory layout (torch backends)")
     p.add_argument("--batch", type=int, default=1, help="images (or video frames) per model call (default 1)")

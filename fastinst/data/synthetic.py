@@ -51,7 +51,8 @@ def make_synthetic(out_dir: str | Path, num_train: int, num_val: int, size: int 
     for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val))):
         (out / split).mkdir(exist_ok=True)
         jobs = [(out / split, size, seed, split_id, i, num_classes) for i in range(count)]
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         for image, anns in _run(jobs, workers):
             images.append(image)
             for ann in anns:
@@ -134,7 +135,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _upsample(values: np.ndarray, size: int) -> np.ndarray:
     """(h, w, 3) values in 0-255 → (size, size, 3) int16 by bicubic interpolation."""
-    image = Image.fromarray(values.clip(0, 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    image = Image.fromarray(values.clip(0, 255).astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(image).astype(np.int16)
 
 

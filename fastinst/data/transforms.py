@@ -10,13 +10,16 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fastinst.config import Config
+
+if TYPE_CHECKING:
+    from fastinst.data.coco import CocoInstanceDataset
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -46,7 +49,8 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def resize_shortest_edge(image: torch.Tensor, masks: torch.Tensor, short: int,
                          max_size: float = float("inf")) -> Pair:
-    return resize(image, masks, shortest_edge_size(*image.shape[-2:], short, max_size))
+    h, w = image.shape[-2:]
+    return resize(image, masks, shortest_edge_size(h, w, short, max_size))
 
 
 def random_crop(image: torch.Tensor, masks: torch.Tensor, size_range: Sequence[int], rng: random.Random) -> Pair:
@@ -125,8 +129,8 @@ class InfiniteSampler(Sampler):
             yield int(perm[p % self.size]), self.seed * 2**32 + p
 
 
-def build_train_loader(cfg: Config, dataset: Dataset, batch_size: int | None = None, seed: int | None = None,
-                       num_workers: int | None = None, rank: int = 0, world_size: int = 1,
+def build_train_loader(cfg: Config, dataset: CocoInstanceDataset, batch_size: int | None = None,
+                       seed: int | None = None, num_workers: int | None = None, rank: int = 0, world_size: int = 1,
                        start: int = 0) -> DataLoader:
     """Endless loader of ``collate`` batches (lists of items); defaults from ``cfg.solver.batch_size``,
     ``cfg.seed`` and ``cfg.data.num_workers``. ``batch_size`` is per rank."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 import platform
 import socket
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from fastinst.data.coco import CocoInstanceDataset
 from fastinst.data.spec import DataSpec
 from fastinst.data.transforms import EvalTransform
 from fastinst.deploy.backends import build_backend
+from fastinst.engine.device import Timer, pick_device
 from fastinst.engine.precision import DTYPES
 
 
@@ -52,11 +52,6 @@ def device_name(device: torch.device) -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def load_images(cfg: Config, data: DataSpec, count: int) -> list[tuple[torch.Tensor, tuple[int, int]]]:
@@ -76,11 +71,9 @@ def time_model(model: Callable[..., Any], images: list[tuple[torch.Tensor, tuple
         for image, size in images[:warmup]:
             model([image.to(device)], output_sizes=[size])
         for image, size in images:
-            _sync(device)
-            start = time.perf_counter()
-            model([image.to(device)], output_sizes=[size])
-            _sync(device)
-            times.append(time.perf_counter() - start)
+            with Timer(device) as timer:
+                model([image.to(device)], output_sizes=[size])
+            times.append(timer.seconds)
     return times
 
 
@@ -104,8 +97,7 @@ def _device(dtype: str, repeats: int, device: str | torch.device | None) -> torc
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    return torch.device(device) if device is not None else \
-        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return pick_device(device)
 
 
 def _test_size(cfg: Config) -> tuple[int, int]:

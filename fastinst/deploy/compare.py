@@ -25,7 +25,10 @@ import torch
 from torch import Tensor
 
 from fastinst.config import Config
-from fastinst.deploy.backends import Backend, Result
+from fastinst.deploy.backends import BACKENDS, build_backend
+from fastinst.deploy.backends.base import Backend, Result, backend_label
+from fastinst.deploy.backends.onnx_runtimes import RUNTIMES
+from fastinst.engine.device import Timer
 from fastinst.engine.precision import cpu_has_bf16
 
 Sample = tuple[Tensor, tuple[int, int]]
@@ -41,7 +44,7 @@ class Variant:
 
     @property
     def label(self) -> str:
-        return " ".join([self.backend, self.dtype] + (["channels-last"] if self.channels_last else []))
+        return backend_label(self.backend, self.dtype, self.channels_last)
 
 
 @dataclass
@@ -84,8 +87,6 @@ def default_variants(device: torch.device, backends: list[str] | None = None) ->
         if _importable("openvino"):
             variants.append(Variant("openvino", "bfloat16"))
     if backends is not None:
-        from fastinst.deploy.backends import BACKENDS
-
         unknown = [b for b in backends if b not in BACKENDS]
         if unknown:
             raise ValueError(f"unknown backend {unknown[0]!r}; known: {', '.join(BACKENDS)}")
@@ -106,9 +107,7 @@ def variant_builder(cfg: Config, weights: str | Path | None, device: torch.devic
         torch.save(build_model(cfg).state_dict(), weights)
 
     def build(variant: Variant) -> Backend:
-        from fastinst.deploy.backends import build_backend
-
-        onnx = variant.backend in ("onnxruntime", "openvino")
+        onnx = variant.backend in RUNTIMES
         if onnx and not exported.exists():
             from fastinst.deploy.onnx_export import export_onnx
 
@@ -156,20 +155,13 @@ def parity(reference: list[Result], results: list[Result]) -> dict[str, float]:
             "mask_iou_min": ious_all.min().item() if ious_all.numel() else 1.0}
 
 
-def run_pass(model: Callable[..., Any], samples: list[Sample]) -> tuple[float, list[Any]]:
-    """Seconds for one call per sample (synchronised on CUDA), and the outputs."""
+def run_pass(backend: Backend, samples: list[Sample]) -> tuple[float, list[list[Result]]]:
+    """Seconds for one call per sample (``backend.device`` synchronised around them), and the outputs."""
     outputs = []
-    _sync()
-    start = time.perf_counter()
-    for image, size in samples:
-        outputs.append(model([image], output_sizes=[size]))
-    _sync()
-    return time.perf_counter() - start, outputs
-
-
-def _sync() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+    with Timer(backend.device) as timer:
+        for image, size in samples:
+            outputs.append(backend([image], output_sizes=[size]))
+    return timer.seconds, outputs
 
 
 def compare(build: Callable[[Variant], Backend], variants: list[Variant], samples: list[Sample],
@@ -200,7 +192,7 @@ def compare(build: Callable[[Variant], Backend], variants: list[Variant], sample
     with torch.inference_mode():
         for r in range(rounds):
             for row, backend in built:
-                base = _timed(baseline) if baseline is not None else None
+                base = _timed(baseline, backend.device) if baseline is not None else None
                 seconds, _ = run_pass(backend, samples)
                 row.pass_seconds.append(seconds)
                 if base is not None:
@@ -211,9 +203,8 @@ def compare(build: Callable[[Variant], Backend], variants: list[Variant], sample
     return rows
 
 
-def _timed(fn: Callable[[], None]) -> float:
-    _sync()
-    start = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - start
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds of one ``fn()`` call, ``device`` synchronised around it."""
+    with Timer(device) as timer:
+        fn()
+    return timer.seconds

@@ -14,6 +14,7 @@ resize → crop → resize at full resolution, which dominated the post-processi
 from __future__ import annotations
 
 from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,8 @@ class InferenceGraph(nn.Module):
         self.model = model
 
     def forward(self, image: Tensor, output_size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out_h, out_w = output_size[0].item(), output_size[1].item()
+        # an int64 tensor's items are ints (unbacked SymInts under torch.export; int() would specialise them)
+        out_h, out_w = cast(int, output_size[0].item()), cast(int, output_size[1].item())
         torch._check(out_h > 0)
         torch._check(out_w > 0)
         return infer(self.model, image, out_h, out_w)

@@ -24,6 +24,8 @@ import torch
 from fastinst.config import Config
 from fastinst.deploy.graph import InferenceGraph
 from fastinst.deploy.pooling import replace_adaptive_pools
+from fastinst.engine.model import load_model
+from fastinst.modeling.meta_arch import FastInst
 
 OPSET = 18
 OPSET_KEY = "fastinst_opset"
@@ -51,13 +53,11 @@ def _remainder_scalar(self: Any, other: Any) -> Any:
 
 def export_onnx(cfg: Config, weights: str | Path | None, out: str | Path, opset: int = OPSET) -> Path:
     """Export ``cfg`` with ``weights`` to the single ONNX file ``out`` (weights inside); returns its path."""
-    from fastinst.deploy.backends import load_model
-
     model, categories = load_model(cfg, weights, torch.device("cpu"))
     return export_model(model, cfg, categories, out, opset)
 
 
-def export_model(model: torch.nn.Module, cfg: Config, categories: list[dict[str, Any]] | None, out: str | Path,
+def export_model(model: FastInst, cfg: Config, categories: list[dict[str, Any]] | None, out: str | Path,
                  opset: int = OPSET) -> Path:
     """Export the eval-mode CPU float32 ``model`` of ``cfg`` (left unchanged) to ``out``, with metadata."""
     import onnx
@@ -92,7 +92,8 @@ def export_model(model: torch.nn.Module, cfg: Config, categories: list[dict[str,
 def verify_export(model: torch.nn.Module, cfg: Config, path: str | Path, seed: int = 0) -> dict[str, Any]:
     """Run ``path`` through ONNX Runtime and the eager ``model`` it was exported from on one seeded random
     image of test size; the :func:`fastinst.deploy.compare.parity` deviation plus the ``size`` used."""
-    from fastinst.deploy.backends import TorchBackend, build_backend
+    from fastinst.deploy.backends import build_backend
+    from fastinst.deploy.backends.torch_backends import TorchBackend
     from fastinst.deploy.compare import parity
 
     lo = min_side(cfg)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from fastinst.config import Config, ConfigError, config_from_dict
+from fastinst.config import Config, ConfigError, config_from_dict, flatten
 
 CONFIG_KEY = "fastinst_config"
 CATEGORIES_KEY = "fastinst_categories"
@@ -34,17 +34,15 @@ class OnnxMetadata:
 def _metadata_props(path: Path) -> dict[str, str]:
     """The file's ``metadata_props`` (with ``onnx`` when installed, else through ONNX Runtime)."""
     try:
-        import onnx
-    except ImportError:
-        onnx = None
-    try:
-        if onnx is not None:
-            model = onnx.load(str(path), load_external_data=False)
-            return {p.key: p.value for p in model.metadata_props}
-        import onnxruntime
+        try:
+            import onnx
+        except ImportError:
+            import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return dict(session.get_modelmeta().custom_metadata_map)
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            return dict(session.get_modelmeta().custom_metadata_map)
+        model = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in model.metadata_props}
     except ImportError:
         raise OnnxModelError(f"{path}: reading ONNX files needs onnx or onnxruntime (pip install onnxruntime)") from None
     except Exception as exc:  # noqa: BLE001 - onnx and onnxruntime raise their own (unexported) error types
@@ -74,16 +72,9 @@ def read_onnx_metadata(path: str | Path) -> OnnxMetadata:
     return OnnxMetadata(config, categories)
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
-
-
 def check_onnx_matches(path: str | Path, exported: Config, cfg: Config) -> None:
     """Raise when the model part (``model.*``) of the config ``exported`` with ``path`` differs from ``cfg``'s."""
-    mine, theirs = _flat(cfg.to_dict()["model"], "model."), _flat(exported.to_dict()["model"], "model.")
+    mine, theirs = flatten(cfg.to_dict()["model"], "model."), flatten(exported.to_dict()["model"], "model.")
     differ = [k for k in mine if mine[k] != theirs.get(k)]
     if differ:
         shown = ", ".join(f"{k}={theirs.get(k)!r} (config: {mine[k]!r})" for k in differ[:3])

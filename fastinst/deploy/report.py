@@ -6,13 +6,15 @@ from typing import Any
 
 from tabulate import tabulate
 
+from fastinst.deploy.backends.base import backend_label
+
 
 def format_table(rows: list[dict[str, Any]], ratio: bool = False) -> str:
     """Rows from :meth:`fastinst.deploy.compare.Row.summary` as a text table (ratio columns when timed
     against a baseline); parity columns compare with the first row (eager float32)."""
     table = []
     for r in rows:
-        name = " ".join([r["backend"], r["dtype"]] + (["channels-last"] if r["channels_last"] else []))
+        name = backend_label(r["backend"], r["dtype"], r["channels_last"])
         if r.get("error"):
             table.append([name, "not run: " + r["error"]])
             continue

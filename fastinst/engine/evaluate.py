@@ -13,7 +13,7 @@ import contextlib
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -23,11 +23,12 @@ from pycocotools.cocoeval import COCOeval
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from fastinst.checkpoint import load_weights
 from fastinst.config import Config, ConfigError
 from fastinst.data.coco import CocoInstanceDataset
 from fastinst.data.spec import DataSpec
 from fastinst.data.transforms import EvalTransform, build_test_loader, resize_masks
+from fastinst.engine.device import pick_device
+from fastinst.engine.model import load_model
 
 METRICS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L", "AR1", "AR10", "AR100", "AR_S", "AR_M", "AR_L")
 
@@ -44,7 +45,8 @@ def coco_evaluate(coco_gt: COCO, predictions: list[dict[str, Any]], iou_type: st
     ``bootstrap`` > 0, ``AP_ci`` … ``AP_L_ci`` are added: ``[low, high]`` 95% percentile intervals over
     that many image resamples (seed 0, ``fastinst.engine.bootstrap``), ``None`` bounds where undefined.
     """
-    metrics, coco_eval = _summarize(coco_gt, [_result(p, iou_type) for p in predictions], iou_type, image_ids)
+    stats, coco_eval = _summarize(coco_gt, [_result(p, iou_type) for p in predictions], iou_type, image_ids)
+    metrics: dict[str, Any] = dict(stats)
     if matching_path is not None or bootstrap > 0:
         metrics.update(_keep_matching(coco_eval, matching_path, bootstrap))
     if with_boxes:
@@ -128,17 +130,11 @@ def check_num_classes(cfg: Config, dataset: CocoInstanceDataset) -> None:
                           f"{dataset.num_classes} categories; set model.num_classes={dataset.num_classes}")
 
 
-def _pick_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @torch.inference_mode()
 def run_inference(model: torch.nn.Module, dataset: CocoInstanceDataset | Subset, cfg: Config,
                   device: torch.device, progress: bool = True) -> list[dict[str, Any]]:
     """COCO result dicts of ``model`` (in eval mode) over ``dataset`` (test-transformed items)."""
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    base = cast(CocoInstanceDataset, dataset.dataset) if isinstance(dataset, Subset) else dataset  # Subset of one
     predictions = []
     for batch in tqdm(build_test_loader(cfg, dataset), desc="eval", disable=not progress, unit="img"):
         sizes = [tuple(item["orig_size"]) for item in batch]
@@ -161,8 +157,6 @@ def evaluate(cfg: Config, weights: str | Path | None, data: DataSpec, max_images
     With ``vis_dir``, the first ``vis_images`` images are also drawn there, ground truth beside the
     predictions scoring at least ``vis_score`` (``fastinst.engine.visualize``). ``matching_path`` and
     ``bootstrap`` keep the segm matching and add ``AP_ci`` … intervals (see ``coco_evaluate``)."""
-    from fastinst import build_model
-
     json_path, image_dir = data.split("val")
     dataset = CocoInstanceDataset(json_path, image_dir, transform=EvalTransform(cfg))
     check_num_classes(cfg, dataset)
@@ -170,11 +164,8 @@ def evaluate(cfg: Config, weights: str | Path | None, data: DataSpec, max_images
     if max_images is not None and max_images < len(dataset):
         subset = Subset(dataset, range(max_images))
     image_ids = [dataset.image_ids[i] for i in range(len(subset))]
-    dev = _pick_device(device)
-    model = build_model(cfg)
-    if weights is not None:
-        load_weights(model, weights)
-    model.to(dev).eval()
+    dev = pick_device(device)
+    model, _ = load_model(cfg, weights, dev)
     predictions = run_inference(model, subset, cfg, dev, progress)
     metrics = coco_evaluate(dataset.coco, predictions, image_ids=image_ids, matching_path=matching_path,
                             bootstrap=bootstrap)

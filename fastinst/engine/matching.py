@@ -75,7 +75,8 @@ class ImageMatching:
         """Write a compressed ``.npz`` at exactly ``path`` (no pickled objects)."""
         arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
         with open(path, "wb") as handle:
-            np.savez_compressed(handle, kind=np.array(KIND), format_version=np.array(FORMAT_VERSION), **arrays)
+            np.savez_compressed(handle, allow_pickle=False, kind=np.array(KIND),
+                                format_version=np.array(FORMAT_VERSION), **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> ImageMatching:

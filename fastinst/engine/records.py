@@ -73,7 +73,7 @@ class StepRecord:
         """Validate a flat step record (raises ``RecordError`` naming the key) and read it."""
         if data.get("type") != TRAIN:
             raise RecordError(f"step record: 'type' must be {TRAIN!r}, got {data.get('type')!r}")
-        fixed = {k: data.get(k) for k in STEP_FIELDS}
+        fixed: dict[str, Any] = {k: data.get(k) for k in STEP_FIELDS}  # checked by __post_init__
         losses = {k: v for k, v in data.items() if k not in ("type", *STEP_FIELDS)}
         return cls(**fixed, losses=losses)
 
@@ -103,8 +103,8 @@ class EvalRecord:
 
 def parse_record(data: dict[str, Any]) -> StepRecord | EvalRecord:
     """Read one record by its ``type``; raises ``RecordError`` for anything off the schema."""
-    kinds = {TRAIN: StepRecord, EVAL: EvalRecord}
-    kind = kinds.get(data.get("type"))  # type: ignore[arg-type]
+    kinds: dict[str, type[StepRecord] | type[EvalRecord]] = {TRAIN: StepRecord, EVAL: EvalRecord}
+    kind = kinds.get(data.get("type"))  # type: ignore[arg-type]  # None or a foreign type finds no kind
     if kind is None:
         raise RecordError(f"record: 'type' must be one of {list(kinds)}, got {data.get('type')!r}")
     return kind.from_dict(data)

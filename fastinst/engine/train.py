@@ -1,13 +1,11 @@
 """Training loop: the official FastInst recipe on a COCO-format dataset (docs/official_architecture.md#training-recipe).
 
-AdamW with backbone lr ×``solver.backbone_multiplier`` and no weight decay on norm / embedding
-weights; warmup then step decay ×``solver.gamma`` at fractions ``solver.steps`` of
-``solver.max_iter``; optional gradient clipping; AMP (autocast + GradScaler) on CUDA; seeded;
-checkpoints with everything needed to resume bit-exactly on CPU (model, optimizer, scheduler,
-scaler, iteration, RNG states of every rank; the sampler position follows from the iteration);
-periodic COCO evaluation; JSONL records. Under ``torchrun`` (env ``WORLD_SIZE`` > 1) it runs
-DistributedDataParallel (gloo on CPU, nccl on CUDA), each rank on its own shard of the data;
-only rank 0 writes files.
+Optimizer and LR schedule: ``fastinst.engine.solver``; optional gradient clipping; AMP (autocast +
+GradScaler) on CUDA, bf16 autocast where ``solver.amp_dtype`` asks and the CPU has native kernels;
+seeded; resumable checkpoints and RNG states: ``fastinst.engine.train_state``; periodic COCO
+evaluation; JSONL records (``fastinst.engine.records``). Under ``torchrun`` (env ``WORLD_SIZE`` > 1) it
+runs DistributedDataParallel (``fastinst.engine.distributed``), each rank on its own shard of the
+data; only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -16,36 +14,45 @@ import contextlib
 import json
 import logging
 import math
-import os
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from fastinst.checkpoint import read_checkpoint
 from fastinst.config import Config, ConfigError
 from fastinst.data.coco import CocoInstanceDataset
 from fastinst.data.spec import DataSpec
 from fastinst.data.transforms import EvalTransform, TrainTransform, build_train_loader
+from fastinst.engine.distributed import (
+    Dist,
+    all_gather_object,
+    all_reduce_mean,
+    barrier,
+    setup_distributed,
+    shutdown_distributed,
+)
 from fastinst.engine.evaluate import check_num_classes, coco_evaluate, run_inference
 from fastinst.engine.precision import cpu_has_bf16
 from fastinst.engine.records import EvalRecord, StepRecord
+from fastinst.engine.solver import build_optimizer, build_scheduler
+from fastinst.engine.train_state import (
+    TrainState,
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 
 logger = logging.getLogger(__name__)
-
-NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
-              nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LocalResponseNorm)
-LAST_CHECKPOINT = "last_checkpoint"
-FINAL_CHECKPOINT = "model_final.pth"
 
 Record = dict[str, Any]  # a record's flat JSON object (fastinst.engine.records)
 
@@ -57,55 +64,6 @@ class NonFiniteLossError(FloatingPointError):
         self.iteration, self.terms = iteration, terms
         listed = ", ".join(f"{k}={v}" for k, v in terms.items())
         super().__init__(f"non-finite loss at iteration {iteration}: {listed}")
-
-
-# --------------------------------------------------------------------------- optimizer, schedule
-
-
-def param_groups(cfg: Config, model: nn.Module) -> list[dict[str, Any]]:
-    """One AdamW group per trainable parameter, as detectron2's ``get_default_optimizer_params``:
-    lr ×``backbone_multiplier`` under ``backbone.``, weight decay ``weight_decay_norm`` for norm
-    layers and ``weight_decay_embed`` for ``nn.Embedding``, ``weight_decay`` otherwise."""
-    s = cfg.solver
-    groups, seen = [], set()
-    for module_name, module in model.named_modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            full = f"{module_name}.{name}" if module_name else name
-            wd = s.weight_decay
-            if isinstance(module, NORM_TYPES):
-                wd = s.weight_decay_norm
-            elif isinstance(module, nn.Embedding):
-                wd = s.weight_decay_embed
-            lr = s.base_lr * (s.backbone_multiplier if full.startswith("backbone.") else 1.0)
-            groups.append({"params": [param], "lr": lr, "weight_decay": wd, "name": full})
-    return groups
-
-
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.AdamW:
-    """AdamW (0.9, 0.999, eps 1e-8) over ``param_groups``; the fused kernel where the parameters'
-    device has one (CPU and CUDA: 4x faster than the per-tensor loop over ~800 groups on CPU)."""
-    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
-    return torch.optim.AdamW(param_groups(cfg, model), lr=cfg.solver.base_lr, betas=(0.9, 0.999), eps=1e-8,
-                             weight_decay=cfg.solver.weight_decay, fused=fused)
-
-
-def lr_factor(cfg: Config, iteration: int) -> float:
-    """Multiplier of every group's lr at ``iteration`` (0-based): linear warmup from
-    ``warmup_factor`` over ``warmup_iters``, times ``gamma`` per milestone ``int(f · max_iter)`` passed."""
-    s = cfg.solver
-    milestones = sorted(int(f * s.max_iter) for f in s.steps)
-    factor = s.gamma ** sum(iteration >= m for m in milestones)
-    if iteration < s.warmup_iters:
-        alpha = iteration / s.warmup_iters
-        factor *= s.warmup_factor * (1 - alpha) + alpha
-    return factor
-
-
-def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it))
 
 
 def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -123,151 +81,6 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
             return None
         return torch.bfloat16
     return torch.float16 if device.type == "cuda" else None
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Dist:
-    """This process's place in the job: rank, world size, device; ``owned``: we initialised the group."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owned: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str | torch.device | None = None) -> Dist:
-    """Join the process group described by env ``RANK/WORLD_SIZE/LOCAL_RANK`` (torchrun) if
-    ``WORLD_SIZE`` > 1: nccl on CUDA (one GPU per local rank), gloo on CPU."""
-    dev = torch.device(device) if device is not None else \
-        torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Dist(device=dev)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://")
-    return Dist(dist.get_rank(), dist.get_world_size(), dev, owned)
-
-
-def _all_reduce_mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.world_size > 1:
-        dist.all_reduce(values)
-        values = values / d.world_size
-    return values
-
-
-def _barrier(d: Dist) -> None:
-    if d.world_size > 1:
-        dist.barrier()
-
-
-# --------------------------------------------------------------------------- RNG, checkpoints
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's python / numpy / torch (and CUDA) RNG states, as tensors and plain Python
-    values (so checkpoints load with ``torch.load(weights_only=True)``)."""
-    _, key, pos, has_gauss, cached = np.random.get_state()
-    numpy_state = {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                   "cached_gaussian": float(cached)}
-    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _gather_rng(d: Dist) -> list[dict[str, Any]]:
-    """RNG states of all ranks (index = rank)."""
-    if d.world_size == 1:
-        return [rng_state()]
-    states: list[Any] = [None] * d.world_size
-    dist.all_gather_object(states, rng_state())
-    return states
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint holds besides the weights."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    iteration: int = 0  # iterations completed
-    categories: list[dict[str, Any]] = field(default_factory=list)  # the dataset's, in class-index order
-
-
-def save_checkpoint(path: Path, state: TrainState, rng: list[dict[str, Any]], cfg: Config) -> None:
-    """Write the checkpoint atomically and point ``last_checkpoint`` at it."""
-    payload = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
-               "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(),
-               "iteration": state.iteration, "rng": rng, "config_hash": cfg.hash(), "categories": state.categories}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    (path.parent / LAST_CHECKPOINT).write_text(path.name + "\n")
-
-
-def checkpoint_name(cfg: Config, iteration: int) -> str:
-    """The file a checkpoint after ``iteration`` iterations is saved as (``model_final.pth`` at the end)."""
-    return FINAL_CHECKPOINT if iteration >= cfg.solver.max_iter else f"model_{iteration:07d}.pth"
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The checkpoint ``out_dir/last_checkpoint`` names, if both exist."""
-    pointer = out_dir / LAST_CHECKPOINT
-    if not pointer.is_file():
-        return None
-    path = out_dir / pointer.read_text().strip()
-    return path if path.is_file() else None
-
-
-def load_checkpoint(path: Path, state: TrainState, rank: int, cfg: Config) -> dict[str, Any]:
-    """Restore ``state`` from ``path`` (written by ``save_checkpoint``); return this rank's RNG state.
-
-    An unreadable file raises ``fastinst.checkpoint.CheckpointError`` (one line naming it)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        read_checkpoint(path)  # the same load, failing with the one-line reason
-        raise
-    if payload.get("config_hash") != cfg.hash():
-        logger.warning("resuming from %s, which was written with a different config", path)
-    state.model.load_state_dict(payload["model"])
-    state.optimizer.load_state_dict(payload["optimizer"])
-    state.scheduler.load_state_dict(payload["scheduler"])
-    state.scaler.load_state_dict(payload["scaler"])
-    state.iteration = int(payload["iteration"])
-    rngs = payload["rng"]
-    if len(rngs) != (dist.get_world_size() if dist.is_initialized() else 1):
-        logger.warning("%s was written by %d processes; RNG states are not restored exactly", path, len(rngs))
-    return rngs[rank % len(rngs)]
 
 
 # --------------------------------------------------------------------------- records
@@ -326,7 +139,7 @@ def train_step(model: nn.Module, state: TrainState, batch: list[dict[str, Any]],
     with torch.autocast(d.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         losses = model(images, targets)
     names = sorted(losses)
-    values = _all_reduce_mean(torch.stack([losses[k].detach().float() for k in names]), d).tolist()
+    values = all_reduce_mean(torch.stack([losses[k].detach().float() for k in names]), d).tolist()
     terms = dict(zip(names, values))
     bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
     if bad:
@@ -401,8 +214,7 @@ def train(cfg: Config, data: DataSpec, out_dir: str | Path, on_record: Callable[
     try:
         return _train(cfg, data, out, on_record, resume, max_iter, d, progress)
     finally:
-        if d.owned:
-            dist.destroy_process_group()
+        shutdown_distributed(d)
 
 
 def _train(cfg: Config, data: DataSpec, out: Path, on_record: Callable[[Record], None] | None, resume: bool,
@@ -499,10 +311,10 @@ def _loop(cfg: Config, data: DataSpec, model: nn.Module, state: TrainState,
 
 
 def _checkpoint(out: Path, state: TrainState, cfg: Config, d: Dist) -> None:
-    rng = _gather_rng(d)
+    rng = all_gather_object(rng_state(), d)
     if d.main:
         save_checkpoint(out / checkpoint_name(cfg, state.iteration), state, rng, cfg)
-    _barrier(d)
+    barrier(d)
 
 
 def _periodic_eval(model: nn.Module, cfg: Config, data: DataSpec, d: Dist, write: RecordWriter,
@@ -516,5 +328,5 @@ def _periodic_eval(model: nn.Module, cfg: Config, data: DataSpec, d: Dist, write
         write(EvalRecord(iteration, metrics))
         logger.info("eval at iter %d: AP %.4f AP50 %.4f AP75 %.4f", iteration, metrics["AP"], metrics["AP50"],
                     metrics["AP75"])
-    _barrier(d)
+    barrier(d)
     return metrics

@@ -25,8 +25,8 @@ GAP = 8  # pixels between the two panels
 
 def palette(n: int) -> list[tuple[int, int, int]]:
     """``n`` well-separated saturated colours (golden-ratio hue steps)."""
-    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((0.12 + 0.618034 * i) % 1.0, 0.85, 0.95))
-            for i in range(n)]
+    rgbs = (colorsys.hsv_to_rgb((0.12 + 0.618034 * i) % 1.0, 0.85, 0.95) for i in range(n))
+    return [(int(255 * r), int(255 * g), int(255 * b)) for r, g, b in rgbs]
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -45,11 +45,11 @@ def draw_instances(image: np.ndarray, masks: Sequence[np.ndarray], captions: Seq
     enlarged by an integer factor to at least ``min_side`` on its longer side."""
     h, w = image.shape[:2]
     scale = max(1, -(-min_side // max(h, w)))
-    canvas = image.astype(np.float32)
+    blend = image.astype(np.float32)
     colors = palette(len(masks))
     for mask, color in zip(masks, colors):
-        canvas[mask] = (1 - ALPHA) * canvas[mask] + ALPHA * np.asarray(color, np.float32)
-    canvas = canvas.round().astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
+        blend[mask] = (1 - ALPHA) * blend[mask] + ALPHA * np.asarray(color, np.float32)
+    canvas = blend.round().astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
     for mask, color in zip(masks, colors):
         canvas[outline(mask.repeat(scale, 0).repeat(scale, 1))] = color
     panel = Image.fromarray(canvas)

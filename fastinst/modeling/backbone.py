@@ -36,6 +36,11 @@ class FrozenBatchNorm2d(nn.Module):
     official analysis (2 per element).
     """
 
+    weight: Tensor  # buffers, (C,) each
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
@@ -102,7 +107,7 @@ def load_backbone_weights(backbone: nn.Module, name: str, weights: str, optional
         raise ValueError(f"backbone weights {weights}: missing keys {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def _torchvision_resnet(arch: str):
+def _torchvision_resnet(arch: str) -> Callable[[BackboneConfig], ResNetBackbone]:
     def build(cfg: BackboneConfig) -> ResNetBackbone:
         resnet = getattr(torchvision.models, arch)(weights=None, norm_layer=norm_layer(cfg.norm))
         backbone = ResNetBackbone(resnet, cfg.freeze_at)
@@ -131,6 +136,7 @@ class DeformConv3x3(nn.Module):
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         self.offset = nn.Conv2d(in_channels, 18, 3, stride=stride, padding=1)
         nn.init.zeros_(self.offset.weight)
+        assert self.offset.bias is not None  # built with bias=True
         nn.init.zeros_(self.offset.bias)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -63,6 +63,8 @@ class SetCriterion(nn.Module):
     output i) and ``loss_ia``.
     """
 
+    empty_weight: Tensor  # buffer (K+1,): CE class weights, the no-object class last
+
     def __init__(self, num_classes: int, matcher: HungarianMatcher, cfg: LossConfig, use_ia_loss: bool) -> None:
         super().__init__()
         self.num_classes = num_classes

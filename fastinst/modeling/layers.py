@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def c2_xavier_fill(module: nn.Module) -> None:
+def c2_xavier_fill(module: nn.Conv2d) -> None:
     """detectron2's ``c2_xavier_fill``: kaiming-uniform with a=1, zero bias."""
     nn.init.kaiming_uniform_(module.weight, a=1)
-    if getattr(module, "bias", None) is not None:
+    if module.bias is not None:
         nn.init.zeros_(module.bias)
 
 
@@ -21,8 +23,8 @@ class Conv2dNormAct(nn.Conv2d):
     ``name.norm.weight`` as in detectron2's ``Conv2d``.
     """
 
-    def __init__(self, *args, norm: nn.Module | None = None, activation: nn.Module | None = None,
-                 **kwargs) -> None:
+    def __init__(self, *args: Any, norm: nn.Module | None = None, activation: nn.Module | None = None,
+                 **kwargs: Any) -> None:  # args, kwargs: nn.Conv2d's, passed on unchanged
         super().__init__(*args, **kwargs)
         self.norm = norm
         self.activation = activation

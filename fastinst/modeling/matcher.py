@@ -82,7 +82,7 @@ def match_ia_pixels(ia_logits: Tensor, targets: list[dict], cost_class: float, c
     cost = w_cls·(−p_pixel[gt class]) + w_loc·(−[GT adaptive-avg-pooled to the map is > 0]).
     ``ia_logits (B, K+1, h, w)``; returns per image (pixel indices, GT indices).
     """
-    hw = ia_logits.shape[-2:]
+    hw = (int(ia_logits.shape[-2]), int(ia_logits.shape[-1]))
     indices = []
     for b, target in enumerate(targets):
         probs = ia_logits[b].float().flatten(1).T.softmax(-1)  # (hw, K+1)

@@ -22,6 +22,9 @@ class FastInst(nn.Module):
     (the official order, which FLOP counts follow; same outputs, slower). Train:
     ``model(images, targets)`` → dict of weighted losses."""
 
+    pixel_mean: Tensor  # buffers, (3, 1, 1) each
+    pixel_std: Tensor
+
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         m = cfg.model
@@ -66,7 +69,8 @@ class FastInst(nn.Module):
         return batch, sizes
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None,
-                output_sizes: list[tuple[int, int]] | None = None, resize_all_masks: bool = False):
+                output_sizes: list[tuple[int, int]] | None = None,
+                resize_all_masks: bool = False) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         batch, sizes = self.preprocess(images)
         padded = (batch.shape[-2], batch.shape[-1])
         if self.training:

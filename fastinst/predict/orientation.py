@@ -9,16 +9,19 @@ are taken to the nearest one.
 
 from __future__ import annotations
 
+from typing import cast
+
 import av
 import numpy as np
-from av.sidedata.sidedata import Type
+from av.sidedata.sidedata import SideDataContainer, Type
 
 _MATRIX_BYTES = 9 * 4  # nine int32
 
 
 def display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
     """The ``(3, 3)`` int32 display matrix of ``frame`` (16.16 fixed point), or None without one."""
-    for data in frame.side_data:
+    # PyAV's stub types ``Frame.side_data`` as a TypedDict; at runtime it is a SideDataContainer.
+    for data in cast(SideDataContainer, frame.side_data):
         if data.type == Type.DISPLAYMATRIX and data.buffer_size == _MATRIX_BYTES:
             return np.frombuffer(bytes(data), np.int32).reshape(3, 3)
     return None

@@ -82,8 +82,11 @@ def predict_files(predictor: Predictor, paths: list[Path], out_dir: str | Path, 
                tqdm(total=_total_units(paths), desc="predict", unit="img", disable=not progress))
     try:
         for video, group in itertools.groupby(paths, key=is_video):
-            for item in (group if video else [list(group)]):
-                run.video(item) if video else run.images(item)
+            if video:
+                for path in group:
+                    run.video(path)
+            else:
+                run.images(list(group))
     finally:
         run.bar.close()
         run.report.written += run.coco.write(out)

@@ -20,8 +20,8 @@ from fastinst.config import Config, load_config
 from fastinst.data.coco_classes import COCO_CLASSES, coco_categories
 from fastinst.data.transforms import EvalTransform, resize_masks
 from fastinst.deploy.backends import build_backend
+from fastinst.deploy.backends.onnx_runtimes import RUNTIMES
 from fastinst.deploy.onnx_meta import read_onnx_metadata
-from fastinst.deploy.runtimes import RUNTIMES
 from fastinst.predict.media import read_image
 
 ImageInput = np.ndarray | torch.Tensor | str | Path

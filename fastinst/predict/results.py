@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from fastinst.engine.evaluate import predictions_from_outputs
 from fastinst.predict.predictor import Prediction
+
+
+class Category(TypedDict):
+    id: int
+    name: str
 
 
 class CocoResults:
@@ -17,7 +22,7 @@ class CocoResults:
     frame) and their predictions, with the ``categories`` (``[{"id", "name"}]`` in class-index order)."""
 
     def __init__(self, categories: list[dict[str, Any]]) -> None:
-        self.categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in categories]
+        self.categories: list[Category] = [{"id": int(c["id"]), "name": str(c["name"])} for c in categories]
         self.images: list[dict[str, Any]] = []
         self.results: list[dict[str, Any]] = []
 

@@ -108,6 +108,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         for level in LEVELS:
             proj = Conv2dNormAct(in_channels[level], dim, 1, norm=nn.GroupNorm(32, dim))
             nn.init.xavier_uniform_(proj.weight)
+            assert proj.bias is not None  # built with bias=True
             nn.init.zeros_(proj.bias)
             self.input_proj[level] = proj
         self.level_embed = nn.Parameter(torch.empty(len(LEVELS), dim))

@@ -1,4 +1,5 @@
-"""Backends that run the exported ONNX graph: ONNX Runtime (CPU, or its CUDA provider) and OpenVINO (CPU).
+"""The backends that run the exported ONNX graph: ``onnxruntime`` (CPU, or its CUDA provider) and
+``openvino`` (CPU).
 
 Both take the file ``onnx_path`` (which must be a fastinst export of the config's model), or export
 the config with its weights to a temporary file first. One image per call; the graph does the
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from fastinst.config import Config
-from fastinst.deploy.backends import Backend, Result
+from fastinst.deploy.backends.base import Backend, Builder, Result
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -97,12 +98,20 @@ def _openvino(path: Path, device: torch.device, dtype: str) -> tuple[Runner, tor
     return run, device
 
 
-RUNTIMES = {"onnxruntime": _onnxruntime, "openvino": _openvino}
+RUNTIMES: dict[str, Callable[[Path, torch.device, str], tuple[Runner, torch.device]]] = {
+    "onnxruntime": _onnxruntime, "openvino": _openvino}
 
 
-def build_runtime_backend(name: str, cfg: Config, weights: str | Path | None, device: torch.device, dtype: str,
-                          onnx_path: str | Path | None) -> Backend:
-    """The runtime ``name`` (``onnxruntime`` | ``openvino``) on ``onnx_path`` or on a fresh export of ``cfg``."""
-    path, categories, keep = resolve_onnx(cfg, weights, onnx_path)
-    runner, dev = RUNTIMES[name](path, device, dtype)
-    return RuntimeBackend(name, runner, dev, dtype, path, categories, keep)
+def _runtime_builder(name: str) -> Builder:
+    """The builder of runtime ``name``: it runs ``onnx_path`` or a fresh export of the config."""
+
+    def build(cfg: Config, weights: str | Path | None, device: torch.device, dtype: str, channels_last: bool,
+              onnx_path: str | Path | None) -> Backend:
+        path, categories, keep = resolve_onnx(cfg, weights, onnx_path)
+        runner, dev = RUNTIMES[name](path, device, dtype)
+        return RuntimeBackend(name, runner, dev, dtype, path, categories, keep)
+
+    return build
+
+
+RUNTIME_BACKENDS: dict[str, Builder] = {name: _runtime_builder(name) for name in RUNTIMES}
