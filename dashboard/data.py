@@ -21,7 +21,8 @@ import pandas as pd
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
-from fastinst.grid import SpeedSetting, flatten, parse_grid
+from fastinst.config import flatten
+from fastinst.grid import SpeedSetting, parse_grid
 from runner import comparison
 from runner.db import (
     FAILED,

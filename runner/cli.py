@@ -83,7 +83,8 @@ def cmd_launch_slurm(args: argparse.Namespace) -> int:
     folder = Path(args.folder).resolve() if args.folder else launch_folder(args.runs_dir)
     if args.measure:
         options = {k: v for k, v in dict(device=args.device, dtype=args.dtype, backend=args.backend,
-                                         repeats=args.repeats, images=args.images, runs_dir=args.runs_dir).items()
+                                         repeats=args.repeats, images=args.images, warmup=args.warmup, data=args.data,
+                                         runs_dir=args.runs_dir).items()
                    if v is not None}
         launched = launch_measurement(db.url_string, settings, grid=args.measure, folder=folder, options=options,
                                       url_file=url_file)
@@ -301,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="with --measure: inference backend (default: the grid's, else eager)")
     p.add_argument("--repeats", type=int, help="with --measure: timed passes (interleaved rounds) per run")
     p.add_argument("--images", type=int, help="with --measure: val images per pass")
+    p.add_argument("--warmup", type=int, help="with --measure: untimed images first")
+    p.add_argument("--data", help="with --measure: a dataset folder to time on instead of the runs' own data")
 
     p = add("status", cmd_status, "run counts by state per grid (and the runs with --runs)")
     p.add_argument("grid", nargs="?")
@@ -335,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "host, interleaved (or one after another); adds one speed row per run")
     p.add_argument("grid")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the grid's speed setting)")
-    p.add_argument("--dtype", help=f"{', '.join(SPEED_DTYPES)} (default: the grid's speed setting)")
+    p.add_argument("--dtype", choices=SPEED_DTYPES, help="the dtype timed (default: the grid's speed setting)")
     p.add_argument("--backend", help="inference backend (default: the grid's speed setting, else eager)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes of each run (interleaved: rounds); FPS is "
                                                            "their median (default 3)")

@@ -28,7 +28,8 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fastinst.grid import SpeedSetting, flatten, reference_speed
+from fastinst.config import flatten
+from fastinst.grid import SpeedSetting, reference_speed
 from runner.db import SUCCEEDED, Database, GridRecord, GridRow, Metrics, Run, SpeedMeasurement, in_batches
 from runner.errors import RunnerInputError
 

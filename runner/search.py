@@ -28,8 +28,8 @@ from typing import Any, Literal
 import optuna
 from sqlalchemy import func, select
 
-from fastinst.config import ConfigError, all_keys, config_from_dict
-from fastinst.grid import Grid, GridError, Row, SpeedSetting, flatten, line_of, read_grid_yaml, variant_hash
+from fastinst.config import ConfigError, all_keys, config_from_dict, flatten
+from fastinst.grid import Grid, GridError, Row, SpeedSetting, line_of, read_grid_yaml, variant_hash
 from runner import queue
 from runner.db import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Database, MeasureJob, Metrics, Run
 from runner.results import newest_speed

@@ -39,7 +39,8 @@ from dashboard.tradeoff import (
     tradeoff_points,
     with_intervals,
 )
-from fastinst.grid import SpeedSetting, flatten, parse_grid
+from fastinst.config import flatten
+from fastinst.grid import SpeedSetting, parse_grid
 from runner import comparison
 from runner.comparison import COMPARE_COLUMNS, ComparisonError
 from runner.db import Database, Run, init_db

@@ -166,6 +166,44 @@ def test_time_limit_requeues_the_run_and_the_worker_job(cluster: None, secret_ur
 
 
 @pytest.mark.slurm
+def test_measure_job_times_a_grid_on_a_whole_node(cluster: None, secret_url: str, db: Database,
+                                                  tmp_path: Path) -> None:
+    import yaml
+    from test_train import TINY
+
+    from fastinst.data.synthetic import make_synthetic
+    from runner.db import SpeedMeasurement, host_name
+    from runner.job import run_job
+    from runner.stages import load_stage_grid
+
+    make_synthetic(tmp_path / "data", num_train=1, num_val=2, size=64, workers=1)
+    spec = {"name": "slurm-measure", "base": {**TINY, "input.min_size_test": 64, "input.max_size_test": 96},
+            "stages": ["noop"], "seeds": 2, "resources": {"gpus": 0}}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(spec))
+    queue.submit(db, load_stage_grid(tmp_path / "m.yaml"))
+    while (claim := queue.claim(db, "t", max_gpus=1, device="cpu")) is not None:  # nothing to train: no weights
+        assert run_job(db, claim.run_id, claim.token, tmp_path / "runs") == 0
+    folder = tmp_path / "slurm"
+    out = subprocess.run(runner_cmd(secret_url, "launch", "slurm", "--measure", "slurm-measure", "--gpus", "0",
+                                    "--time", "10:00", "--folder", str(folder), "--runs-dir", str(tmp_path / "runs"),
+                                    "--device", "cpu", "--repeats", "2", "--images", "2", "--warmup", "1",
+                                    "--data", str(tmp_path / "data")), capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    job = re.search(r"submitted measurement job for grid 'slurm-measure' \(exclusive node\): (\d+)", out.stdout)
+    assert job, out.stdout
+    try:
+        wait_for(lambda: _squeue(job[1]) == "", 240, "the measurement job to end")
+    finally:
+        _cancel(job[1])
+    record = subprocess.run(["scontrol", "show", "job", job[1]], capture_output=True, text=True).stdout
+    assert "OverSubscribe=NO" in record and "JobState=COMPLETED" in record, record  # a whole node, and done
+    rows = db.read(lambda s: [(r.run_id, r.source, r.device_type, r.repeats, r.images, r.host)
+                              for r in s.scalars(select(SpeedMeasurement).order_by(SpeedMeasurement.run_id))])
+    assert rows == [(1, "measure", "cpu", 2, 2, host_name()), (2, "measure", "cpu", 2, 2, host_name())], rows
+    _assert_no_password(secret_url, folder, [job[1]], tmp_path / "runs")
+
+
+@pytest.mark.slurm
 def test_bad_input_is_one_line_and_queues_nothing(cluster: None, secret_url: str, db: Database,
                                                   tmp_path: Path) -> None:
     _submit_grid(secret_url, tmp_path, "slurm-bad", runs=2, sleep=0.0)

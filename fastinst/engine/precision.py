@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from fastinst.grid import SPEED_DTYPES
+
+DTYPES = {name: getattr(torch, name) for name in SPEED_DTYPES}  # the one list of names: fastinst.grid
 
 
 def cpu_has_bf16() -> bool:
