@@ -19,9 +19,11 @@ from fastinst.grid import SpeedSetting
 from runner.comparison import ComparisonError
 from runner.db import Database
 from runner.export import format_table, key_columns, with_verdicts
+from runner.formats import TABLE_FORMATS
 from runner.results import METRICS, TABLE_METRICS, grid_table, setting_text
 
-FORMATS = (("csv", "CSV", "text/csv"), ("md", "Markdown", "text/markdown"), ("latex", "LaTeX", "application/x-latex"))
+DOWNLOAD = {"csv": ("CSV", "text/csv"), "md": ("Markdown", "text/markdown"), "latex": ("LaTeX", "application/x-latex")}
+FORMATS = tuple((fmt, *DOWNLOAD[fmt]) for fmt in TABLE_FORMATS)  # (format, label, MIME type)
 NO_BASELINE = ""  # the baseline select box's "no comparison"
 
 

@@ -53,6 +53,7 @@ from typing import Any, Protocol
 import yaml
 
 from fastinst.config import Config, ConfigError, all_keys, config_from_dict, flatten, read_yaml
+from fastinst.registry import BACKEND_NAMES
 
 DEFAULT_STAGES = ["train", "eval", "analyze"]
 DATA_KEYS = ("root", "train_json", "train_images", "val_json", "val_images")
@@ -359,13 +360,13 @@ def _speed(spec: dict[str, Any], gpus: int, chk: _Checker) -> SpeedSetting:
     given = spec.get("speed") or {}
     if not isinstance(given, dict):
         raise chk.error(("speed",), f"expected a mapping {{device, dtype, backend}}, got {given!r}")
-    choices = {"device": SPEED_DEVICES, "dtype": SPEED_DTYPES, "backend": None}
+    choices = {"device": SPEED_DEVICES, "dtype": SPEED_DTYPES, "backend": BACKEND_NAMES}
     for key, value in given.items():
         if key not in choices:
             raise chk.error(("speed", key), f"unknown key {key!r} (known: {list(choices)})")
         allowed = choices[key]
         if not isinstance(value, str) or not value or (allowed is not None and value not in allowed):
-            wanted = f"one of {list(allowed)}" if allowed is not None else "a backend name"
+            wanted = f"one of {list(allowed)}"
             raise chk.error(("speed", key), f"{key}: expected {wanted}, got {value!r}")
     return SpeedSetting(given.get("device", "cpu" if gpus == 0 else "cuda"), given.get("dtype", "float32"),
                         given.get("backend", "eager"))

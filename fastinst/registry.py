@@ -11,6 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+# The inference backends' names (``fastinst.deploy.backends`` builds them): declared here so that a grid's
+# ``speed.backend`` and the command lines can check a name without importing torch.
+BACKEND_NAMES = ("eager", "compile", "cudagraph", "onnxruntime", "openvino")
+
 
 class Registry:
     """Maps a config value (e.g. ``"ppm_fpn"``) of the key ``config_key`` to the callable that builds it."""

@@ -21,10 +21,12 @@ from sqlalchemy.engine import make_url
 from fastinst.config import ConfigError
 from fastinst.data import DatasetError
 from fastinst.grid import COMPARABLE_METRICS, SPEED_DEVICES, SPEED_DTYPES, GridError, SpeedSetting
+from fastinst.registry import BACKEND_NAMES
 from runner import queue
 from runner.child import DEFAULT_RUNS_DIR
 from runner.db import REPO_ROOT, Database, init_db, resolve_url
 from runner.errors import RunnerInputError
+from runner.formats import TABLE_FORMATS
 from runner.stages import load_stage_grid
 
 
@@ -299,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stale-after", type=float, default=120.0, help="requeue runs of workers silent this long")
     p.add_argument("--device", help="with --measure: cpu, cuda or cuda:N (default: the grid's speed setting)")
     p.add_argument("--dtype", choices=SPEED_DTYPES, help="with --measure: FPS in this dtype (default: the grid's)")
-    p.add_argument("--backend", help="with --measure: inference backend (default: the grid's, else eager)")
+    p.add_argument("--backend", choices=BACKEND_NAMES, help="with --measure: inference backend (default: the grid's)")
     p.add_argument("--repeats", type=int, help="with --measure: timed passes (interleaved rounds) per run")
     p.add_argument("--images", type=int, help="with --measure: val images per pass")
     p.add_argument("--warmup", type=int, help="with --measure: untimed images first")
@@ -312,12 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("export", cmd_export, "a paper-style table of a grid: mean ± std over seeds")
     p.add_argument("grid")
-    p.add_argument("--format", choices=["csv", "md", "latex"], default="md")
+    p.add_argument("--format", choices=TABLE_FORMATS, default="md")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.add_argument("--device", choices=SPEED_DEVICES, help="FPS measured on this device type "
                                                           "(default: the grid's speed setting)")
     p.add_argument("--dtype", choices=SPEED_DTYPES, help="FPS measured in this dtype (default: the grid's)")
-    p.add_argument("--backend", help="FPS measured with this backend (default: the grid's, else eager)")
+    p.add_argument("--backend", choices=BACKEND_NAMES, help="FPS measured with this backend (default: the grid's)")
     p.add_argument("--baseline", help="compare every row with this row (default: the grid's baseline)")
     p.add_argument("--metric", choices=COMPARABLE_METRICS, default="AP", help="the compared metric (default AP)")
 
@@ -329,17 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=1000, help="paired image resamples (default 1000)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image resamples (default 0)")
-    p.add_argument("--format", choices=["text", "csv", "md", "latex"], default="text")
+    p.add_argument("--format", choices=("text", *TABLE_FORMATS), default="text")
     p.add_argument("--device", choices=SPEED_DEVICES, help="FPS of this device type (default: the grid's)")
     p.add_argument("--dtype", choices=SPEED_DTYPES, help="FPS in this dtype (default: the grid's)")
-    p.add_argument("--backend", help="FPS with this backend (default: the grid's, else eager)")
+    p.add_argument("--backend", choices=BACKEND_NAMES, help="FPS with this backend (default: the grid's)")
 
     p = add("measure", cmd_measure, "(re)measure the FPS of every succeeded run of a grid here, alone on this "
                                     "host, interleaved (or one after another); adds one speed row per run")
     p.add_argument("grid")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the grid's speed setting)")
     p.add_argument("--dtype", choices=SPEED_DTYPES, help="the dtype timed (default: the grid's speed setting)")
-    p.add_argument("--backend", help="inference backend (default: the grid's speed setting, else eager)")
+    p.add_argument("--backend", choices=BACKEND_NAMES, help="inference backend (default: the grid's speed setting)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes of each run (interleaved: rounds); FPS is "
                                                            "their median (default 3)")
     p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,

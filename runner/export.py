@@ -23,6 +23,7 @@ from tabulate import tabulate
 
 from fastinst.grid import SpeedSetting
 from runner.db import STATUSES, SUCCEEDED, Database, GridRecord, Run
+from runner.formats import TABLE_FORMATS
 from runner.results import (
     METRICS,
     TABLE_METRICS,
@@ -35,7 +36,7 @@ from runner.results import (
 )
 
 __all__ = ["ExportError", "FORMATS", "export_grid", "format_table", "grid_table", "runs_frame", "status_frame"]
-FORMATS = ("csv", "md", "latex")
+FORMATS = TABLE_FORMATS
 # CSV: the key columns, then per metric its mean and std, then the FPS spread columns.
 CSV_SPEED = ("fps_min", "fps_max", "fps_repeats", "fps_runs", "fps_device", "speed_setting")
 # The comparison with the baseline (``with_verdicts``), after the metric columns.

@@ -229,3 +229,6 @@ def test_speed_setting_defaults_by_resources(tmp_path: Path) -> None:
     assert gpu.speed == SpeedSetting("cuda", "float32", "eager")
     assert chosen.speed == SpeedSetting("cuda", "float16", "onnxruntime") and str(chosen.speed) == "cuda/float16/onnxruntime"
     assert reference_speed(chosen.spec) == chosen.speed and reference_speed({"resources": {"gpus": 0}}) == cpu.speed
+    with pytest.raises(GridError, match=r"backend: expected one of \['eager', 'compile', 'cudagraph', 'onnxruntime', "
+                                        r"'openvino'\], got 'eagr'"):
+        load_grid(write(tmp_path, "stages: [noop]\nspeed: {backend: eagr}\n"), STAGES)

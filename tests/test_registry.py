@@ -52,3 +52,12 @@ def test_config_import_does_not_import_torch() -> None:
     code = "import sys, fastinst.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_backend_names_are_the_built_backends() -> None:
+    """Grids and command lines check backend names against fastinst.registry without importing torch; the
+    builders in fastinst.deploy.backends are exactly those names."""
+    from fastinst.deploy.backends import BACKENDS
+    from fastinst.registry import BACKEND_NAMES
+
+    assert tuple(BACKENDS) == BACKEND_NAMES
