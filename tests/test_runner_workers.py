@@ -158,3 +158,41 @@ def test_cancelling_a_running_run_stops_its_job(tmp_path: Path) -> None:
     assert "cancelled or taken over" in worker_logs(tmp_path)
     assert os.path.exists(tmp_path / "runs" / "slow" / "1" / "job.log")
     db.dispose()
+
+
+def test_a_requeued_training_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    """A worker stopped mid-training (SIGTERM: what SLURM sends at requeue, preemption and its time limit)
+    requeues the run without spending an attempt; the next attempt continues from the run's checkpoint."""
+    import yaml
+    from test_train import TINY
+
+    from fastinst.data.synthetic import make_synthetic
+
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    make_synthetic(tmp_path / "data", num_train=2, num_val=1, size=64, workers=1)
+    spec = {"name": "resume", "base": {**TINY, "solver.max_iter": 40, "solver.checkpoint_period": 2},
+            "stages": ["train"], "seeds": 1, "resources": {"gpus": 0}, "data": str(tmp_path / "data")}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(spec))
+    submit(url, tmp_path / "g.yaml")
+    db = Database(url)
+    checkpoint = tmp_path / "runs" / "resume" / "1" / "train" / "last_checkpoint"
+    worker = start_worker(url, tmp_path, "first", stale_after=30.0)
+    try:
+        wait_for(checkpoint.exists, 120, "a training checkpoint")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    run = db.read(lambda s: s.scalars(select(Run)).one())
+    assert (run.status, run.attempts) == (QUEUED, 0) and "(not counted)" in run.error
+    stopped_at = checkpoint.read_text().strip()
+    second = start_worker(url, tmp_path, "second", "--exit-when-empty", stale_after=30.0)
+    assert second.wait(timeout=240) == 0, worker_logs(tmp_path)[-3000:]
+    run = db.read(lambda s: s.scalars(select(Run)).one())
+    assert (run.status, run.attempts) == (SUCCEEDED, 1), run.error
+    steps = db.read(lambda s: list(s.scalars(select(TrainRecord.step).order_by(TrainRecord.id))))
+    restarts = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
+    last_attempt = steps[restarts[-1]:] if restarts else steps
+    assert last_attempt[0] > 1 and last_attempt[-1] == 40, (stopped_at, steps)  # continued, not started over
+    db.dispose()
