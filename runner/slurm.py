@@ -22,6 +22,7 @@ of the step), so only the worker decides.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -148,11 +149,12 @@ class WorkerJob:
         rc = worker.run()
         if worker.stopped_by == signal.SIGUSR2:
             left = queue.pending(db, worker.max_gpus, worker.device_type)
-            if left and callable(requeue):
+            if not left:
+                log.info("worker %s: time limit near; nothing left to do, not requeued", worker.name)
+            elif callable(requeue):
                 log.info("worker %s: time limit near; %d job(s) left in the queue: requeueing this SLURM job",
                          worker.name, left)
-                requeue(signal.SIGUSR2, None)  # exits this process
-            log.info("worker %s: time limit near; nothing left to do, not requeued", worker.name)
+                requeue(signal.SIGUSR2, None)  # checkpoint() → scontrol requeue → exits this process
         return rc
 
     def checkpoint(self) -> Any:
@@ -216,20 +218,19 @@ def _one_line(error: BaseException) -> str:
 
 def _submit(folder: Path, settings: SlurmSettings, jobs: list[Callable[[], Any]]) -> Launched:
     import submitit
+    from submitit.core.utils import FailedJobError
 
     require_slurm()
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=settings.max_requeues)
     executor.update_parameters(**settings.parameters())
-    captured = io.StringIO()
-    try:
-        with _scrubbed_environment(), contextlib.redirect_stderr(captured):
+    try:  # submitit prints sbatch's stderr as well as raising it: keep the one line of the error
+        with _scrubbed_environment(), contextlib.redirect_stderr(io.StringIO()):
             if len(jobs) == 1:
                 submitted = [executor.submit(jobs[0])]
             else:
                 with executor.batch():
-                    pending = [executor.submit(job) for job in jobs]
-                submitted = pending
-    except Exception as e:  # submitit.core.utils.FailedJobError carries sbatch's stderr
+                    submitted = [executor.submit(job) for job in jobs]
+    except (FailedJobError, OSError) as e:  # FailedJobError carries sbatch's stderr
         raise SlurmError(f"sbatch refused the job: {_one_line(e)}") from None
     return Launched([j.job_id for j in submitted], folder, [Path(j.paths.stdout) for j in submitted])
 
@@ -256,9 +257,8 @@ def launch_measurement(url: str, settings: SlurmSettings, *, grid: str, folder: 
                        url_file: Path | None = None) -> Launched:
     """Submit one exclusive job that runs ``runner measure GRID`` (``settings.constraint``: the GPU type)."""
     secret = url_file or write_url_file(folder, url)
-    settings.exclusive = True
-    settings.job_name = "fastinst-measure"
-    return _submit(folder, settings, [MeasureJob(str(secret), grid, options)])
+    whole_node = dataclasses.replace(settings, exclusive=True, job_name="fastinst-measure")
+    return _submit(folder, whole_node, [MeasureJob(str(secret), grid, options)])
 
 
 def _configure_logging() -> None:

@@ -3,9 +3,10 @@
 The parent never imports torch; it claims runs, starts ``python -m runner.job`` with
 ``CUDA_VISIBLE_DEVICES`` set (``torchrun`` for multi-GPU runs), heartbeats for its children,
 requeues runs whose worker stopped heartbeating, stops children whose run was cancelled, and on
-SIGINT/SIGTERM stops its children and requeues their runs (without counting the attempt). A
-worker killed outright takes its children with it (``PR_SET_PDEATHSIG``) and another worker's
-stale sweep requeues its runs.
+SIGINT/SIGTERM (and whatever else ``stop_signals`` names: ``runner.slurm`` adds SLURM's time-limit
+warning, USR2, which its jobs ignore) stops its children and requeues their runs (without counting
+the attempt). A worker killed outright takes its children with it (``PR_SET_PDEATHSIG``) and another
+worker's stale sweep requeues its runs.
 
 Measurements (``python -m runner.measure``) come second: a worker with a free slot claims a
 compute run first, and only when none is left for it, and no runner job runs on its host, a
