@@ -84,6 +84,9 @@ def cmd_launch_slurm(args: argparse.Namespace) -> int:
                              signal_delay_s=args.signal_delay, max_requeues=args.max_requeues)
     folder = Path(args.folder).resolve() if args.folder else launch_folder(args.runs_dir)
     if args.measure:
+        from runner.results import grid_record
+
+        db.read(lambda s: grid_record(s, args.measure))  # an unknown grid is refused before anything is submitted
         options = {k: v for k, v in dict(device=args.device, dtype=args.dtype, backend=args.backend,
                                          repeats=args.repeats, images=args.images, warmup=args.warmup, data=args.data,
                                          runs_dir=args.runs_dir).items()
@@ -97,8 +100,7 @@ def cmd_launch_slurm(args: argparse.Namespace) -> int:
                                   stale_after=args.stale_after, grace=args.grace, url_file=url_file)
         what = f"{len(launched.job_ids)} worker job(s)"
     print(f"submitted {what}: {' '.join(launched.job_ids)}")
-    print(f"database {db.display_url}; its URL reaches the jobs only through {url_file or folder / 'db-url'} "
-          "(mode 0600)")
+    print(f"database {db.display_url}; its URL reaches the jobs only through {launched.url_file} (mode 0600)")
     print(launched.follow())
     return 0
 

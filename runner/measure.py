@@ -40,7 +40,7 @@ from runner import queue
 from runner.child import DEFAULT_RUNS_DIR, child_main
 from runner.db import SUCCEEDED, Artifact, Database, GridRecord, Run, host_name
 from runner.errors import RunnerInputError
-from runner.results import stored_reference_speed
+from runner.results import grid_record, stored_reference_speed
 from runner.stages import STAGES, BenchOptions
 from runner.timing import job_context, measure_together, run_measure_jobs
 
@@ -101,10 +101,7 @@ def _plan(run: Run, checkpoint: str | None, data: dict[str, Any] | None) -> Plan
 
 
 def _plans(s: Session, grid: str, data: dict[str, Any] | None) -> tuple[GridRecord, list[Plan]]:
-    record = s.scalars(select(GridRecord).where(GridRecord.name == grid)).one_or_none()
-    if record is None:
-        known = list(s.scalars(select(GridRecord.name).order_by(GridRecord.name)))
-        raise RunnerInputError(f"no grid named {grid!r} in this database (grids: {', '.join(known) or 'none'})")
+    record = grid_record(s, grid)
     runs = list(s.scalars(select(Run).where(Run.grid_id == record.id, Run.status == SUCCEEDED).order_by(Run.id)))
     newest = {a.run_id: a.path for a in s.scalars(  # the newest checkpoint each run recorded
         select(Artifact).where(Artifact.run_id.in_([r.id for r in runs]), Artifact.kind == "checkpoint")

@@ -164,7 +164,7 @@ class WorkerJob:
         return submitit.helpers.DelayedSubmission(self)
 
 
-class MeasureJob:
+class MeasureGrid:
     """The callable of ``--measure GRID``: ``runner measure GRID`` on the node it was given."""
 
     def __init__(self, url_file: str, grid: str, options: dict[str, Any]) -> None:
@@ -181,11 +181,12 @@ class MeasureJob:
 
 @dataclass
 class Launched:
-    """What ``launch`` submitted: the SLURM job ids and where their logs go."""
+    """What ``launch`` submitted: the SLURM job ids, where their logs go, and the file with the URL."""
 
     job_ids: list[str]
     folder: Path
     logs: list[Path]
+    url_file: Path
 
     def follow(self) -> str:
         ids = ",".join(sorted({j.split("_")[0] for j in self.job_ids}))
@@ -216,11 +217,16 @@ def _one_line(error: BaseException) -> str:
     return "; ".join(lines) or type(error).__name__
 
 
-def _submit(folder: Path, settings: SlurmSettings, jobs: list[Callable[[], Any]]) -> Launched:
+def _submit(folder: Path, settings: SlurmSettings, url: str, url_file: Path | None,
+            job: Callable[[str], Callable[[], Any]], count: int = 1) -> Launched:
+    """Submit ``count`` copies of ``job(URL file)`` (an array when more than one). Without ``url_file``
+    the URL goes into ``folder/db-url``, which is removed again when SLURM refuses the submission."""
     import submitit
     from submitit.core.utils import FailedJobError
 
     require_slurm()
+    secret = url_file or write_url_file(folder, url)
+    jobs = [job(str(secret))] * count
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=settings.max_requeues)
     executor.update_parameters(**settings.parameters())
     try:  # submitit prints sbatch's stderr as well as raising it: keep the one line of the error
@@ -231,8 +237,10 @@ def _submit(folder: Path, settings: SlurmSettings, jobs: list[Callable[[], Any]]
                 with executor.batch():
                     submitted = [executor.submit(job) for job in jobs]
     except (FailedJobError, OSError) as e:  # FailedJobError carries sbatch's stderr
+        if url_file is None:
+            secret.unlink(missing_ok=True)
         raise SlurmError(f"sbatch refused the job: {_one_line(e)}") from None
-    return Launched([j.job_id for j in submitted], folder, [Path(j.paths.stdout) for j in submitted])
+    return Launched([j.job_id for j in submitted], folder, [Path(j.paths.stdout) for j in submitted], secret)
 
 
 def launch_folder(runs_dir: str | Path = DEFAULT_RUNS_DIR) -> Path:
@@ -248,17 +256,16 @@ def launch_workers(url: str, settings: SlurmSettings, *, workers: int, folder: P
         raise RunnerInputError(f"--workers must be at least 1, got {workers}")
     if grace >= settings.signal_delay_s:
         raise RunnerInputError(f"--grace ({grace}s) must be shorter than --signal-delay ({settings.signal_delay_s}s)")
-    secret = url_file or write_url_file(folder, url)
-    job = WorkerJob(str(secret), str(Path(runs_dir).resolve()), cpu_slots, poll, heartbeat, stale_after, grace)
-    return _submit(folder, settings, [job] * workers)
+    runs = str(Path(runs_dir).resolve())
+    return _submit(folder, settings, url, url_file,
+                   lambda secret: WorkerJob(secret, runs, cpu_slots, poll, heartbeat, stale_after, grace), workers)
 
 
 def launch_measurement(url: str, settings: SlurmSettings, *, grid: str, folder: Path, options: dict[str, Any],
                        url_file: Path | None = None) -> Launched:
     """Submit one exclusive job that runs ``runner measure GRID`` (``settings.constraint``: the GPU type)."""
-    secret = url_file or write_url_file(folder, url)
     whole_node = dataclasses.replace(settings, exclusive=True, job_name="fastinst-measure")
-    return _submit(folder, whole_node, [MeasureJob(str(secret), grid, options)])
+    return _submit(folder, whole_node, url, url_file, lambda secret: MeasureGrid(secret, grid, options))
 
 
 def _configure_logging() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,24 @@ def start_worker(url: str, tmp_path: Path, name: str, *args: str, stale_after: f
                    "--stale-after", str(stale_after), "--runs-dir", str(tmp_path / "runs"), "--name", name, *args),
         stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
     )
+
+
+def terminate(worker: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    """SIGTERM to a worker (as Ctrl-C, ``kill`` or SLURM stop it), then its exit code."""
+    worker.send_signal(signal.SIGTERM)
+    return worker.wait(timeout=timeout)
+
+
+@contextmanager
+def reaped(*procs: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Kills whichever of ``procs`` still runs when the block ends, so a failing test leaves no worker."""
+    try:
+        yield
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

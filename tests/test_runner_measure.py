@@ -17,7 +17,16 @@ from typing import Any
 
 import pytest
 import yaml
-from runner_helpers import run_in_threads, runner_cmd, start_worker, wait_for, worker_logs, write_grid
+from runner_helpers import (
+    reaped,
+    run_in_threads,
+    runner_cmd,
+    start_worker,
+    terminate,
+    wait_for,
+    worker_logs,
+    write_grid,
+)
 from sqlalchemy import select, update
 from test_train import TINY as TRAIN_TINY
 
@@ -191,16 +200,13 @@ def test_worker_measures_only_when_alone_on_its_host(db: Database, tmp_path: Pat
         out = subprocess.run(runner_cmd(url, "submit", str(grid)), capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
     worker = start_worker(url, tmp_path, "w", "--cpu-slots", "2", "--exit-when-empty")
-    try:
+    with reaped(worker):
         wait_for(lambda: db.read(lambda s: s.scalars(select(MeasureJob)).first()) is not None, 60,
                  "the bench run to queue its measurement")
         state = db.read(lambda s: ({r.id: r.status for r in s.scalars(select(Run))},
                                    s.scalars(select(MeasureJob.status)).one()))
         status = subprocess.run(runner_cmd(url, "status"), capture_output=True, text=True, timeout=60)
         assert worker.wait(timeout=120) == 0
-    finally:
-        if worker.poll() is None:
-            worker.kill()
     busy, bench = db.read(lambda s: list(s.scalars(select(Run).order_by(Run.id))))
     job = db.read(lambda s: s.scalars(select(MeasureJob)).one())
     row = db.read(lambda s: s.scalars(select(SpeedMeasurement)).one())
@@ -243,7 +249,7 @@ def test_killed_measurement_is_requeued_and_counted(tmp_path: Path, data: Path) 
     grid = tiny_grid(tmp_path / "b.yaml", "b", data, ["bench"], options={"bench": {"images": 2, "repeats": 5000}})
     queue.submit(db, load_stage_grid(grid))
     worker = start_worker(url, tmp_path, "w")
-    try:
+    with reaped(worker):
         wait_for(lambda: db.read(lambda s: s.scalars(select(MeasureJob.status)).first()) == RUNNING, 60,
                  "the measurement to start")
         wait_for(lambda: bool(children_of(worker.pid)), 30, "the measurement process")
@@ -253,11 +259,7 @@ def test_killed_measurement_is_requeued_and_counted(tmp_path: Path, data: Path) 
                  "the measurement to be claimed again")
         job = db.read(lambda s: s.scalars(select(MeasureJob)).one())
         assert job.status == RUNNING and "attempt 1: job killed by signal SIGKILL" in job.error
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+        assert terminate(worker) == 0
     job = db.read(lambda s: s.scalars(select(MeasureJob)).one())
     assert job.status == QUEUED and job.attempts == 1 and "worker w shut down; requeued" in job.error
     assert db.read(lambda s: s.scalars(select(SpeedMeasurement)).all()) == []
@@ -307,7 +309,7 @@ def test_runner_measure_bad_input(finished_grid: Database, tmp_path: Path, data:
     db = finished_grid
     base = ["--db", db.url_string, "measure"]
     assert cli.main([*base, "nope"]) == 2
-    assert "runner measure: no grid named 'nope' in this database (grids: t)" in capsys.readouterr().err
+    assert "runner measure: no grid named 'nope' (grids: t)" in capsys.readouterr().err
     assert cli.main([*base, "t", "--device", "cuda:7"]) == 2
     assert "--device cuda:7: no such device here" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse's choices, from fastinst.grid.SPEED_DTYPES
@@ -493,11 +495,8 @@ def test_worker_drain_measures_a_grid_as_one_group(tmp_path: Path, data: Path) -
     submit_grid(url, tiny_grid(tmp_path / "b.yaml", "b", data, ["bench"], seeds=3,
                               options={"bench": {"images": 2, "warmup": 1, "repeats": 3}}))
     worker = start_worker(url, tmp_path, "w", "--cpu-slots", "2", "--exit-when-empty")
-    try:
+    with reaped(worker):
         assert worker.wait(timeout=180) == 0
-    finally:
-        if worker.poll() is None:
-            worker.kill()
     logs = worker_logs(tmp_path)
     measured = measure_jobs(db)  # the group's order (two runs trained at once: either may have queued first)
     rows = rows_by_run(db, "stage")
@@ -521,7 +520,7 @@ def test_killed_group_requeues_every_job(tmp_path: Path, data: Path) -> None:
     submit_grid(url, tiny_grid(tmp_path / "b.yaml", "b", data, ["bench"], seeds=2,
                               options={"bench": {"images": 2, "repeats": 5000}}))
     worker = start_worker(url, tmp_path, "w")
-    try:
+    with reaped(worker):
         wait_for(lambda: [j.status for j in measure_jobs(db)] == [RUNNING, RUNNING], 90, "the group to start")
         wait_for(lambda: bool(children_of(worker.pid)), 30, "the measurement process")
         (child,) = children_of(worker.pid)
@@ -530,11 +529,7 @@ def test_killed_group_requeues_every_job(tmp_path: Path, data: Path) -> None:
         wait_for(lambda: [j.attempts for j in measure_jobs(db)] == [2, 2], 60, "the group to be claimed again")
         assert all(j.status == RUNNING and "attempt 1: job killed by signal SIGKILL" in j.error
                    for j in measure_jobs(db))
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+        assert terminate(worker) == 0
     assert all(j.status == QUEUED and j.attempts == 1 and "worker w shut down; requeued" in j.error
                for j in measure_jobs(db))
     assert rows_by_run(db, "stage") == {}
@@ -551,15 +546,12 @@ def test_cancelling_jobs_of_a_group(tmp_path: Path, data: Path) -> None:
     submit_grid(url, tiny_grid(tmp_path / "c.yaml", "c", data, ["bench"], seeds=2,
                               options={"bench": {"images": 2, "repeats": 5000}}))
     worker = start_worker(url, tmp_path, "w", "--exit-when-empty")
-    try:
+    with reaped(worker):
         wait_for(lambda: [j.status for j in measure_jobs(db)][:2] == [RUNNING, RUNNING], 90, "b's group to start")
         queue.cancel(db, run_ids=[1])
         wait_for(lambda: [j.status for j in measure_jobs(db)][2:] == [RUNNING, RUNNING], 120, "c's group to start")
         queue.cancel(db, grid="c")
         assert worker.wait(timeout=60) == 0
-    finally:
-        if worker.poll() is None:
-            worker.kill()
     logs = worker_logs(tmp_path)
     assert [(j.run_id, j.status) for j in measure_jobs(db)] == \
         [(1, CANCELLED), (2, SUCCEEDED), (3, CANCELLED), (4, CANCELLED)], logs[-3000:]

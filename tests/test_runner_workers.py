@@ -13,8 +13,10 @@ import pytest
 from runner_helpers import (
     count_runs,
     open_db,
+    reaped,
     runner_cmd,
     start_worker,
+    terminate,
     url_for,
     wait_for,
     worker_logs,
@@ -124,8 +126,7 @@ def test_sigterm_requeues_the_running_run_without_spending_an_attempt(db: Databa
     worker = start_worker(url, tmp_path, "w")
     wait_for(lambda: count_runs(db, RUNNING) == 1, 60, "the run to start")
     time.sleep(0.5)
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=30) == 0
+    assert terminate(worker, timeout=30) == 0
     run = db.read(lambda s: s.scalars(select(Run)).one())
     assert run.status == QUEUED and run.attempts == 0 and "worker w shut down; requeued" in run.error
 
@@ -177,13 +178,9 @@ def test_a_requeued_training_run_resumes_from_its_last_checkpoint(tmp_path: Path
     db = Database(url)
     checkpoint = tmp_path / "runs" / "resume" / "1" / "train" / "last_checkpoint"
     worker = start_worker(url, tmp_path, "first", stale_after=30.0)
-    try:
+    with reaped(worker):
         wait_for(checkpoint.exists, 120, "a training checkpoint")
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+        assert terminate(worker) == 0
     run = db.read(lambda s: s.scalars(select(Run)).one())
     assert (run.status, run.attempts) == (QUEUED, 0) and "(not counted)" in run.error
     stopped_at = checkpoint.read_text().strip()

@@ -216,6 +216,11 @@ def test_bad_input_is_one_line_and_queues_nothing(cluster: None, secret_url: str
         assert out.returncode == 2, out
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0].lower() and "sbatch" in lines[0], out.stderr
+        assert not (tmp_path / "bad" / SECRET_NAME).exists()  # no copy of the URL left behind
+    out = subprocess.run(runner_cmd(secret_url, "launch", "slurm", "--gpus", "0", "--folder", str(tmp_path / "nope"),
+                                    "--measure", "nope"), capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2 and "runner launch: no grid named 'nope' (grids: slurm-bad)" in out.stderr, out
+    assert not (tmp_path / "nope").exists()  # refused before anything was written or submitted
     assert count_runs(db, queue.QUEUED) == before == 2
 
 
